@@ -1,0 +1,1 @@
+"""Thin Dagster wrappers around ``dorobot_assets.lib``."""

@@ -1,0 +1,99 @@
+"""Run the asset graph in-process for one recording folder (``dorobot-assets convert``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from dorobot_assets.lib.errors import ConfigError, DorobotError
+from dorobot_assets.lib.keys import sanitize_key
+from dorobot_assets.lib.settings import ConversionSettings
+
+
+@dataclass
+class ConversionRun:
+    success: bool
+    dataset: Path
+    partition_key: str
+    error: str | None = None
+    materialized: list[str] = field(default_factory=list)
+    result: object = None
+
+
+def _first_error(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            err = event.step_failure_data.error
+            # The user's exception is the innermost cause (Dagster wraps it).
+            while err.cause is not None:
+                err = err.cause
+            return f"{event.step_key}: {err.message.strip()}"
+    for ev in result.get_asset_check_evaluations():
+        if not ev.passed:
+            return f"check {ev.check_name} on {ev.asset_key.to_user_string()} failed: {ev.description or ''}".strip()
+    return "the run failed"
+
+
+def convert_recording(
+    source: Path | str,
+    dataset: Path | str,
+    settings: ConversionSettings = ConversionSettings(),
+    *,
+    work: Path | str | None = None,
+    instance: dg.DagsterInstance | None = None,
+    resources: dict | None = None,
+) -> ConversionRun:
+    """Convert ``source`` (a v2.1 recording folder) into the v3.0 dataset folder ``dataset``."""
+    from dorobot_assets.defs.assets import conversion_assets
+    from dorobot_assets.defs.partitions import recordings
+    from dorobot_assets.defs.resources import ConversionResource, StorageResource
+    from dorobot_assets.definitions import defs
+
+    source = Path(source).resolve()
+    dataset = Path(dataset).resolve()
+    if not source.is_dir():
+        raise ConfigError(f"{source}: recording folder does not exist")
+    if dataset == source or source in dataset.parents:
+        raise ConfigError(f"{dataset}: the output must not be inside the source recording {source}")
+    if dataset in source.parents:
+        raise ConfigError(f"{dataset}: the output must not contain the source recording {source}")
+    key = sanitize_key(source.name)
+    instance = instance or dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(recordings.name, [key])
+    run_resources = {
+        "storage": StorageResource(
+            recording_dir=str(source), dataset_dir=str(dataset),
+            work=str(work) if work else str(dataset.parent / ".dorobot_work" / dataset.name),
+        ),
+        "conversion": ConversionResource(
+            data_file_size_mb=settings.data_file_size_mb,
+            video_file_size_mb=settings.video_file_size_mb,
+            audio_file_size_mb=settings.audio_file_size_mb,
+            files_per_chunk=settings.files_per_chunk,
+            stats=settings.stats,
+            missing_cameras=settings.missing_cameras,
+        ),
+    }
+    for name, res in defs.resources.items():
+        run_resources.setdefault(name, res)
+    run_resources.update(resources or {})
+    checks = list(defs.asset_checks) if defs.asset_checks else []
+    result = dg.materialize(
+        [*conversion_assets, *checks],
+        partition_key=key,
+        instance=instance,
+        resources=run_resources,
+        raise_on_error=False,
+    )
+    run = ConversionRun(success=result.success, dataset=dataset, partition_key=key, result=result)
+    if not result.success:
+        run.error = _first_error(result)
+    run.materialized = [
+        e.asset_key.to_user_string() for e in result.all_events if e.is_step_materialization and e.asset_key
+    ] if hasattr(result, "all_events") else []
+    return run
+
+
+__all__ = ["convert_recording", "ConversionRun", "DorobotError"]

@@ -1,0 +1,1 @@
+"""Plain-Python conversion code. Nothing in this package imports dagster."""

@@ -1,0 +1,45 @@
+"""meta/info.json, written last: a v3.0 dataset without info.json is incomplete (notes §2.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from dorobot_assets.lib.fsutil import write_json_atomic
+from dorobot_assets.lib.settings import ConversionSettings
+from dorobot_assets.lib.v21 import Recording
+from dorobot_assets.lib.v30 import INFO_PATH, TASKS_PATH, build_info
+
+
+def totals_on_disk(dataset_root: Path) -> dict[str, int]:
+    """total_episodes/frames/tasks counted from the files written, not copied from the source."""
+    root = Path(dataset_root)
+    frames = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(root.glob("data/chunk-*/file-*.parquet")))
+    episodes = sum(
+        pq.ParquetFile(f).metadata.num_rows for f in sorted(root.glob("meta/episodes/chunk-*/file-*.parquet"))
+    )
+    tasks = pq.ParquetFile(root / TASKS_PATH).metadata.num_rows
+    return {"total_episodes": episodes, "total_frames": frames, "total_tasks": tasks}
+
+
+def write_info(
+    rec: Recording,
+    dataset_root: Path,
+    settings: ConversionSettings,
+    *,
+    audio_features_info: dict[str, dict] | None = None,
+    dropped_features: tuple[str, ...] = (),
+) -> dict:
+    totals = totals_on_disk(dataset_root)
+    info = build_info(
+        rec.info,
+        **totals,
+        data_file_size_mb=settings.data_file_size_mb,
+        video_file_size_mb=settings.video_file_size_mb,
+        audio_file_size_mb=settings.audio_file_size_mb,
+        audio_features_info=audio_features_info,
+        dropped_features=dropped_features,
+    )
+    write_json_atomic(Path(dataset_root) / INFO_PATH, info)
+    return info

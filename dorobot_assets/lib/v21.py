@@ -1,0 +1,474 @@
+"""Read and validate a LeRobot v2.1 recording (also v2.0 and DoRobot's v2.1 variant with audio).
+
+``read_recording`` returns a typed model or raises :class:`RecordingError` naming the file and the
+fault. It reads only metadata, parquet footers and four small integer columns per episode; nothing
+is written. Format facts: reference notes §1 (v2.1) and the DoRobot section.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dorobot_assets.lib.errors import RecordingError
+from dorobot_assets.lib.fsutil import stat_fingerprint, tree_files
+from dorobot_assets.lib.v30 import resolve_inside
+
+INFO_FILE = "meta/info.json"
+TASKS_FILE = "meta/tasks.jsonl"
+EPISODES_FILE = "meta/episodes.jsonl"
+EPISODES_STATS_FILE = "meta/episodes_stats.jsonl"
+OP_DATAID_FILE = "meta/op_dataid.jsonl"
+COMMON_RECORD_FILE = "meta/common_record.json"
+
+DEFAULT_CHUNKS_SIZE = 1000  # LeRobot; DoRobot writes 10000 in info.json
+SUPPORTED_VERSIONS = ("v2.0", "v2.1")
+# Columns whose values tie rows to episodes/tasks; read from every episode to validate.
+_KEY_COLUMNS = ("index", "episode_index", "task_index")
+NUMERIC_DTYPES = {
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64",
+}
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    spec: dict
+
+    @property
+    def is_video(self) -> bool:
+        return self.dtype == "video"
+
+    @property
+    def is_audio(self) -> bool:
+        return self.dtype == "audio"
+
+    @property
+    def is_column(self) -> bool:
+        """Stored as a parquet column (videos live in mp4s, DoRobot audio in wavs)."""
+        return self.dtype not in ("video", "audio")
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.dtype in NUMERIC_DTYPES
+
+
+@dataclass
+class Episode:
+    index: int
+    length: int
+    tasks: list[str]
+    extra: dict
+    data_path: Path
+    data_uncompressed_bytes: int
+    video_paths: dict[str, Path] = field(default_factory=dict)
+    audio_paths: dict[str, Path] = field(default_factory=dict)
+    dataid: str | None = None
+
+    def source_files(self) -> list[Path]:
+        files = [self.data_path, *self.video_paths.values(), *self.audio_paths.values()]
+        return [p for p in files if p.exists()]
+
+
+@dataclass
+class Recording:
+    root: Path
+    info: dict
+    version: str
+    fps: float
+    chunks_size: int
+    features: dict[str, Feature]
+    tasks: list[str]  # position == task_index
+    episodes: list[Episode]
+    episodes_stats: list[dict] | None  # position == episode_index; None for v2.0
+    data_schema: pa.Schema
+    dorobot_meta_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # quirks handled while reading
+
+    @property
+    def is_dorobot(self) -> bool:
+        return "dorobot_dataset_version" in self.info
+
+    @property
+    def video_keys(self) -> list[str]:
+        return sorted(k for k, f in self.features.items() if f.is_video)
+
+    @property
+    def audio_keys(self) -> list[str]:
+        return sorted(k for k, f in self.features.items() if f.is_audio)
+
+    @property
+    def column_features(self) -> list[str]:
+        return [k for k, f in self.features.items() if f.is_column]
+
+    @property
+    def total_frames(self) -> int:
+        return sum(e.length for e in self.episodes)
+
+    def fingerprint(self) -> str:
+        """Changes whenever any file of the recording is added, removed, resized or touched."""
+        return recording_fingerprint(self.root)
+
+    def episode_fingerprint(self, episode_index: int) -> str:
+        return stat_fingerprint(self.episodes[episode_index].source_files(), self.root)
+
+
+def recording_fingerprint(root: Path) -> str:
+    root = Path(root)
+    return stat_fingerprint(tree_files(root), root)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _fail(code: str, path: Path, fault: str) -> RecordingError:
+    return RecordingError(code, path, fault)
+
+
+def _read_json(path: Path, missing_code: str, bad_code: str) -> object:
+    if not path.is_file():
+        raise _fail(missing_code, path, "file is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _fail(bad_code, path, f"not valid JSON: {e}") from e
+
+
+def _read_jsonl(path: Path, missing_code: str, bad_code: str, required: tuple[str, ...]) -> list[dict]:
+    if not path.is_file():
+        raise _fail(missing_code, path, "file is missing")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise _fail(bad_code, path, f"line {lineno} is not valid JSON: {e}") from e
+            if not isinstance(row, dict):
+                raise _fail(bad_code, path, f"line {lineno} is not a JSON object")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise _fail(bad_code, path, f"line {lineno} lacks {', '.join(missing)}")
+            rows.append(row)
+    return rows
+
+
+def _check_template(root: Path, info_path: Path, key: str, template: str, sample: dict) -> None:
+    if not isinstance(template, str):
+        raise _fail("bad_info", info_path, f"{key} must be a string, got {template!r}")
+    try:
+        rel = template.format(**sample)
+    except (KeyError, IndexError, ValueError) as e:
+        raise _fail("bad_info", info_path, f"{key} {template!r} cannot be formatted: {e}") from e
+    if Path(rel).is_absolute():
+        raise _fail("unsafe_path", info_path, f"{key} {template!r} is an absolute path")
+    try:
+        resolve_inside(root, rel)
+    except ValueError:
+        raise _fail("unsafe_path", info_path, f"{key} {template!r} escapes the recording folder")
+
+
+def _episode_path(root: Path, template: str, chunks_size: int, episode_index: int, **extra) -> Path:
+    rel = template.format(
+        episode_chunk=episode_index // chunks_size, episode_index=episode_index, **extra
+    )
+    return resolve_inside(root, rel)
+
+
+# ----------------------------------------------------------------------------- reader
+
+
+def read_info(root: Path) -> dict:
+    info_path = root / INFO_FILE
+    info = _read_json(info_path, "info_missing", "info_unparsable")
+    if not isinstance(info, dict):
+        raise _fail("info_unparsable", info_path, "top level is not a JSON object")
+    version = info.get("codebase_version")
+    if not isinstance(version, str) or not version.startswith("v2."):
+        raise _fail(
+            "unsupported_version", info_path,
+            f"codebase_version is {version!r}; only v2.x recordings (v2.0, v2.1) are converted",
+        )
+    if version not in SUPPORTED_VERSIONS:
+        raise _fail("unsupported_version", info_path, f"codebase_version {version!r} is not v2.0 or v2.1")
+    for key in ("fps", "features", "data_path"):
+        if key not in info:
+            raise _fail("bad_info", info_path, f"required key {key!r} is missing")
+    if not isinstance(info["features"], dict) or not info["features"]:
+        raise _fail("bad_info", info_path, "features must be a non-empty object")
+    try:
+        fps = float(info["fps"])
+    except (TypeError, ValueError):
+        raise _fail("bad_info", info_path, f"fps {info['fps']!r} is not a number")
+    if not fps > 0:
+        raise _fail("bad_info", info_path, f"fps must be > 0, got {info['fps']!r}")
+    return info
+
+
+def _parse_features(info: dict, info_path: Path) -> dict[str, Feature]:
+    features = {}
+    for name, spec in info["features"].items():
+        if "/" in name:
+            raise _fail(
+                "bad_feature_name", info_path,
+                f"feature name {name!r} contains '/', which v3.0 uses as its column separator",
+            )
+        if not isinstance(spec, dict) or "dtype" not in spec or "shape" not in spec:
+            raise _fail("bad_info", info_path, f"feature {name!r} needs dtype and shape")
+        try:
+            shape = tuple(int(s) for s in spec["shape"])
+        except (TypeError, ValueError):
+            raise _fail("bad_info", info_path, f"feature {name!r} has a bad shape {spec['shape']!r}")
+        features[name] = Feature(name=name, dtype=str(spec["dtype"]), shape=shape, spec=spec)
+    return features
+
+
+def read_recording(root: Path | str, *, require_videos: bool = True) -> Recording:
+    """Read and validate a v2.x recording. Raises RecordingError on the first fault found.
+
+    ``require_videos=False`` accepts a recording whose declared cameras have no mp4 files
+    (a data-only conversion); their paths are then left out of the model.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise _fail("recording_missing", root, "recording folder does not exist")
+    info_path = root / INFO_FILE
+    info = read_info(root)
+    version = info["codebase_version"]
+    features = _parse_features(info, info_path)
+    chunks_size = int(info.get("chunks_size") or DEFAULT_CHUNKS_SIZE)
+    if chunks_size <= 0:
+        raise _fail("bad_info", info_path, f"chunks_size must be > 0, got {chunks_size}")
+
+    video_keys = sorted(k for k, f in features.items() if f.is_video)
+    audio_keys = sorted(k for k, f in features.items() if f.is_audio)
+    sample = {"episode_chunk": 0, "episode_index": 0}
+    _check_template(root, info_path, "data_path", info["data_path"], sample)
+    video_template = info.get("video_path")
+    if video_keys:
+        if not video_template:
+            raise _fail("bad_info", info_path, f"cameras {video_keys} are declared but video_path is null")
+        for k in video_keys:
+            _check_template(root, info_path, "video_path", video_template, {**sample, "video_key": k})
+    audio_template = info.get("audio_path")
+    if audio_keys:
+        if not audio_template:
+            raise _fail("bad_info", info_path, f"microphones {audio_keys} are declared but audio_path is null")
+        for k in audio_keys:
+            _check_template(root, info_path, "audio_path", audio_template, {**sample, "audio_key": k})
+
+    # tasks.jsonl
+    tasks_path = root / TASKS_FILE
+    task_rows = _read_jsonl(tasks_path, "tasks_missing", "tasks_unparsable", ("task_index", "task"))
+    task_rows.sort(key=lambda r: r["task_index"])
+    task_indices = [r["task_index"] for r in task_rows]
+    if task_indices != list(range(len(task_rows))):
+        raise _fail(
+            "tasks_not_contiguous", tasks_path,
+            f"task_index values must be 0..{len(task_rows) - 1} without gaps or repeats, got {task_indices[:20]}",
+        )
+    tasks = [str(r["task"]) for r in task_rows]
+
+    # episodes.jsonl (DoRobot's async saver may write lines out of order: sort)
+    episodes_path = root / EPISODES_FILE
+    ep_rows = _read_jsonl(episodes_path, "episodes_missing", "episodes_unparsable", ("episode_index", "length"))
+    ep_rows.sort(key=lambda r: r["episode_index"])
+    ep_indices = [r["episode_index"] for r in ep_rows]
+    if ep_indices != list(range(len(ep_rows))):
+        seen = set()
+        dup = next((i for i in ep_indices if i in seen or seen.add(i)), None)
+        gap = next((i for i, e in enumerate(ep_indices) if e != i), None)
+        what = f"episode {dup} appears twice" if dup is not None else f"episode {gap} is missing"
+        raise _fail(
+            "episodes_not_contiguous", episodes_path,
+            f"episode_index values must be 0..{len(ep_rows) - 1}: {what}",
+        )
+    if not ep_rows:
+        raise _fail("episodes_unparsable", episodes_path, "no episodes")
+
+    # episodes_stats.jsonl (absent in v2.0)
+    stats_path = root / EPISODES_STATS_FILE
+    episodes_stats = None
+    if stats_path.exists():
+        st_rows = _read_jsonl(stats_path, "stats_missing", "stats_unparsable", ("episode_index", "stats"))
+        st_rows.sort(key=lambda r: r["episode_index"])
+        if [r["episode_index"] for r in st_rows] != ep_indices:
+            raise _fail(
+                "stats_mismatch", stats_path,
+                f"has stats for {len(st_rows)} episodes, episodes.jsonl lists {len(ep_rows)}",
+            )
+        episodes_stats = [r["stats"] for r in st_rows]
+    elif version == "v2.1":
+        raise _fail("stats_missing", stats_path, "file is missing (required in v2.1)")
+
+    dataids: dict[int, str] = {}
+    op_path = root / OP_DATAID_FILE
+    if op_path.exists():
+        for row in _read_jsonl(op_path, "dataid_missing", "dataid_unparsable", ("episode_index", "dataid")):
+            dataids[int(row["episode_index"])] = str(row["dataid"])
+    dorobot_meta = [rel for rel in (OP_DATAID_FILE, COMMON_RECORD_FILE) if (root / rel).is_file()]
+    if (root / COMMON_RECORD_FILE).is_file():
+        _read_json(root / COMMON_RECORD_FILE, "common_record_missing", "common_record_unparsable")
+
+    # Per-episode files, footers and key columns.
+    column_features = [k for k, f in features.items() if f.is_column]
+    expected_cols = set(column_features)
+    episodes: list[Episode] = []
+    schema0: pa.Schema | None = None
+    running_index = 0
+    n_tasks = len(tasks)
+    for row in ep_rows:
+        e = row["episode_index"]
+        data_path = _episode_path(root, info["data_path"], chunks_size, e)
+        if not data_path.is_file():
+            raise _fail("missing_data_file", data_path, f"data file of episode {e} is missing")
+        try:
+            pf = pq.ParquetFile(data_path)
+            schema = pf.schema_arrow
+            md = pf.metadata
+        except Exception as ex:  # pyarrow raises several types for corrupt files
+            raise _fail("data_unreadable", data_path, f"not a readable parquet file: {ex}") from ex
+        cols = set(schema.names)
+        if cols != expected_cols:
+            missing = sorted(expected_cols - cols)
+            extra = sorted(cols - expected_cols)
+            parts = []
+            if missing:
+                parts.append(f"declared in info.json features but absent: {missing}")
+            if extra:
+                parts.append(f"present but not declared in info.json features: {extra}")
+            raise _fail("columns_mismatch", data_path, "; ".join(parts))
+        if schema0 is None:
+            schema0 = schema
+        else:
+            for name in column_features:
+                if schema.field(name).type != schema0.field(name).type:
+                    raise _fail(
+                        "schema_mismatch", data_path,
+                        f"column {name!r} is {schema.field(name).type}, episode 0 has {schema0.field(name).type}",
+                    )
+        n = md.num_rows
+        length = int(row["length"])
+        if n != length:
+            raise _fail(
+                "length_mismatch", data_path,
+                f"has {n} rows but {EPISODES_FILE} says episode {e} has length {length}",
+            )
+        uncompressed = sum(
+            md.row_group(g).column(c).total_uncompressed_size
+            for g in range(md.num_row_groups)
+            for c in range(md.num_columns)
+        )
+        key_cols = [c for c in _KEY_COLUMNS if c in cols]
+        try:
+            table = pf.read(columns=key_cols)
+        except Exception as ex:
+            raise _fail("data_unreadable", data_path, f"cannot read columns {key_cols}: {ex}") from ex
+        if "index" in cols:
+            idx = table.column("index").to_numpy()
+            expected = np.arange(running_index, running_index + n)
+            if not np.array_equal(idx, expected):
+                bad = int(np.argmax(idx != expected))
+                raise _fail(
+                    "index_not_contiguous", data_path,
+                    f"column 'index' must continue from {running_index} across episodes; "
+                    f"row {bad} has {int(idx[bad])}, expected {int(expected[bad])}",
+                )
+        if "episode_index" in cols:
+            ei = table.column("episode_index").to_numpy()
+            if n and not np.all(ei == e):
+                bad = int(np.argmax(ei != e))
+                raise _fail(
+                    "episode_index_mismatch", data_path,
+                    f"row {bad} has episode_index {int(ei[bad])}, the file belongs to episode {e}",
+                )
+        if "task_index" in cols and n:
+            ti = table.column("task_index").to_numpy()
+            unknown = sorted(set(np.unique(ti).tolist()) - set(range(n_tasks)))
+            if unknown:
+                raise _fail(
+                    "unknown_task_index", data_path,
+                    f"task_index values {unknown[:10]} are not in {TASKS_FILE} ({n_tasks} tasks)",
+                )
+        running_index += n
+
+        video_paths: dict[str, Path] = {}
+        for k in video_keys:
+            p = _episode_path(root, video_template, chunks_size, e, video_key=k)
+            video_paths[k] = p
+        audio_paths = {
+            k: _episode_path(root, audio_template, chunks_size, e, audio_key=k) for k in audio_keys
+        }
+        extra = {k: v for k, v in row.items() if k not in ("episode_index", "tasks", "length")}
+        episodes.append(
+            Episode(
+                index=e, length=length, tasks=list(row.get("tasks") or []), extra=extra,
+                data_path=data_path, data_uncompressed_bytes=uncompressed,
+                video_paths=video_paths, audio_paths=audio_paths, dataid=dataids.get(e),
+            )
+        )
+
+    notes: list[str] = []
+    if video_keys:
+        for k in video_keys:
+            present = [ep for ep in episodes if ep.video_paths[k].is_file()]
+            if len(present) == len(episodes):
+                continue
+            absent = [ep.index for ep in episodes if not ep.video_paths[k].is_file()]
+            if require_videos:
+                first = episodes[absent[0]].video_paths[k]
+                raise _fail(
+                    "missing_video_file", first,
+                    f"camera {k!r}: {len(absent)} of {len(episodes)} episodes have no mp4 "
+                    f"(episodes {absent[:10]}{'...' if len(absent) > 10 else ''})",
+                )
+            notes.append(f"camera {k}: {len(absent)} of {len(episodes)} mp4 files absent")
+
+    assert schema0 is not None
+    return Recording(
+        root=root, info=info, version=version, fps=float(info["fps"]), chunks_size=chunks_size,
+        features=features, tasks=tasks, episodes=episodes, episodes_stats=episodes_stats,
+        data_schema=schema0, dorobot_meta_files=dorobot_meta, notes=notes,
+    )
+
+
+def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, require_videos: bool = True) -> Recording:
+    """``read_recording`` memoised on disk by the recording's fingerprint.
+
+    Every asset of a run needs the model; the cache turns the per-asset re-read (footers and
+    key columns of every episode) into one ``stat`` walk when nothing changed.
+    """
+    import pickle
+
+    from dorobot_assets.lib.fsutil import atomic_path
+
+    root = Path(root)
+    if cache_dir is None:
+        return read_recording(root, require_videos=require_videos)
+    fp = recording_fingerprint(root)
+    cache = Path(cache_dir) / f"recording-{fp}-{int(require_videos)}.pickle"
+    if cache.exists():
+        try:
+            with open(cache, "rb") as f:
+                rec = pickle.load(f)
+            if isinstance(rec, Recording) and rec.root == root:
+                return rec
+        except Exception:  # a stale or foreign cache file is simply rebuilt
+            pass
+    rec = read_recording(root, require_videos=require_videos)
+    for old in Path(cache_dir).glob("recording-*.pickle"):
+        old.unlink(missing_ok=True)
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump(rec, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return rec
