@@ -27,7 +27,7 @@ def _cmd_convert(args) -> int:
         stats=args.stats,
         missing_cameras="drop" if args.drop_missing_cameras else "error",
     )
-    run = convert_recording(args.src, args.out, settings, work=args.work)
+    run = convert_recording(args.src, args.out, settings, work=args.work, log_level=args.log_level)
     if not run.success:
         print(f"error: conversion of {args.src} failed: {run.error}", file=sys.stderr)
         return 1
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--drop-missing-cameras", action="store_true",
                    help="leave out cameras declared in info.json that have no mp4 files at all")
     c.add_argument("--work", type=Path, default=None, help="work folder (manifests, caches)")
+    c.add_argument("--log-level", default="CRITICAL", help="Dagster console log level (e.g. INFO)")
     c.set_defaults(func=_cmd_convert)
 
     r = sub.add_parser("register", help="add recordings (folders or inbox keys) as partitions in $DAGSTER_HOME")

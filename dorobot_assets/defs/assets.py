@@ -9,11 +9,13 @@ import dagster as dg
 
 from dorobot_assets.defs.partitions import recordings
 from dorobot_assets.defs.resources import ConversionResource, StorageResource
+from dorobot_assets.lib import audio as audio_lib
 from dorobot_assets.lib import data as data_lib
 from dorobot_assets.lib import episodes as episodes_lib
 from dorobot_assets.lib import info as info_lib
 from dorobot_assets.lib import stats as stats_lib
 from dorobot_assets.lib import tasks as tasks_lib
+from dorobot_assets.lib import video as video_lib
 from dorobot_assets.lib.fsutil import remove_stale_temp_files
 from dorobot_assets.lib.manifest import read_manifest, write_manifest
 from dorobot_assets.lib.v21 import Recording, read_recording_cached, recording_fingerprint
@@ -29,7 +31,7 @@ def load_recording(storage: StorageResource, settings: ConversionResource, key: 
     return read_recording_cached(
         source,
         storage.work_dir(key) / "cache",
-        require_videos=settings.settings().missing_cameras == "error",
+        missing_cameras=settings.settings().missing_cameras,
     )
 
 
@@ -108,6 +110,71 @@ def data(context: dg.AssetExecutionContext, storage: StorageResource, conversion
 
 @dg.asset(
     partitions_def=recordings, deps=[recording], group_name=GROUP, code_version=CODE_VERSION,
+    kinds={"video"},
+    description="videos/{video_key}/chunk-XXX/file-YYY.mp4: each camera's episode MP4s "
+    "concatenated by stream copy, rolled over by size per camera.",
+)
+def videos(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
+    key = context.partition_key
+    settings = conversion.settings()
+    rec = load_recording(storage, conversion, key)
+    root = storage.dataset_root(key)
+    begin_write(root)
+    t0 = time.perf_counter()
+    result = video_lib.write_videos(rec, root, settings)
+    result.dropped_cameras = sorted(set(result.dropped_cameras) | set(rec.dropped_features))
+    for note in result.notes:
+        context.log.warning(note)
+    write_manifest(
+        storage.work_dir(key), "videos", result.placements, rec.fingerprint(),
+        {"dropped_cameras": result.dropped_cameras},
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "cameras": len(rec.video_keys) - len(result.dropped_cameras), "files": len(result.files),
+            "frames": result.frames, "bytes": result.bytes_written, "megabytes": _mb(result.bytes_written),
+            "dropped_cameras": ", ".join(result.dropped_cameras) or "none",
+            "seconds": round(time.perf_counter() - t0, 3),
+            "path": dg.MetadataValue.path(str(root / "videos")),
+        },
+        data_version=dg.DataVersion(rec.fingerprint()),
+    )
+
+
+@dg.asset(
+    partitions_def=recordings, deps=[recording], group_name=GROUP, code_version=CODE_VERSION,
+    kinds={"wav"},
+    description="audio/{audio_key}/chunk-XXX/file-YYY.wav: DoRobot microphones, episodes "
+    "concatenated sample-exactly, rolled over by size; nothing for recordings without audio.",
+)
+def audio(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
+    key = context.partition_key
+    settings = conversion.settings()
+    rec = load_recording(storage, conversion, key)
+    root = storage.dataset_root(key)
+    begin_write(root)
+    t0 = time.perf_counter()
+    result = audio_lib.write_audio(rec, root, settings)
+    for note in result.notes:
+        context.log.warning(note)
+    write_manifest(
+        storage.work_dir(key), "audio", result.placements, rec.fingerprint(),
+        {"features_info": result.features_info, "missing": result.missing},
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "microphones": len(rec.audio_keys), "files": len(result.files),
+            "bytes": result.bytes_written, "missing_wavs": len(result.missing),
+            "note": "recording has no audio" if not rec.audio_keys else "",
+            "seconds": round(time.perf_counter() - t0, 3),
+            "path": dg.MetadataValue.path(str(root / "audio")),
+        },
+        data_version=dg.DataVersion(rec.fingerprint()),
+    )
+
+
+@dg.asset(
+    partitions_def=recordings, deps=[recording], group_name=GROUP, code_version=CODE_VERSION,
     kinds={"parquet"},
     description="Per-episode statistics (min, max, mean, std, count and, when recomputed, "
     "q01..q99) that become the stats/<feature>/<stat> columns of meta/episodes.",
@@ -134,7 +201,7 @@ def episode_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
 
 
 @dg.asset(
-    partitions_def=recordings, deps=[data, episode_stats], group_name=GROUP, code_version=CODE_VERSION,
+    partitions_def=recordings, deps=[data, videos, audio, episode_stats], group_name=GROUP, code_version=CODE_VERSION,
     kinds={"parquet"},
     description="meta/episodes/chunk-000/file-000.parquet: one row per episode with its data, "
     "video and audio placements, tasks, length and per-episode stats.",
@@ -145,7 +212,7 @@ def episodes(context: dg.AssetExecutionContext, storage: StorageResource, conver
     work = storage.work_dir(key)
     fp = rec.fingerprint()
     data_table, _ = read_manifest(work, "data", fp)
-    placements = []
+    placements = [(name, read_manifest(work, name, fp)[0]) for name in ("videos", "audio")]
     stats_table, _ = read_manifest(work, "episode_stats", fp)
     root = storage.dataset_root(key)
     begin_write(root)
@@ -183,7 +250,7 @@ def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
 
 
 @dg.asset(
-    partitions_def=recordings, deps=[tasks, data, episodes, dataset_stats], group_name=GROUP,
+    partitions_def=recordings, deps=[tasks, data, videos, audio, episodes, dataset_stats], group_name=GROUP,
     code_version=CODE_VERSION, kinds={"json"},
     description="meta/info.json, written last (a v3.0 folder without it is incomplete): v3.0 "
     "templates and limits, totals counted from the files written.",
@@ -193,7 +260,15 @@ def info(context: dg.AssetExecutionContext, storage: StorageResource, conversion
     settings = conversion.settings()
     rec = load_recording(storage, conversion, key)
     root = storage.dataset_root(key)
-    written = info_lib.write_info(rec, root, settings)
+    work = storage.work_dir(key)
+    fp = rec.fingerprint()
+    _, video_extra = read_manifest(work, "videos", fp)
+    _, audio_extra = read_manifest(work, "audio", fp)
+    written = info_lib.write_info(
+        rec, root, settings,
+        audio_features_info=audio_extra.get("features_info") or None,
+        dropped_features=tuple(video_extra.get("dropped_cameras", ())),
+    )
     return dg.MaterializeResult(
         metadata={
             "episodes": written["total_episodes"], "frames": written["total_frames"],
@@ -203,4 +278,4 @@ def info(context: dg.AssetExecutionContext, storage: StorageResource, conversion
     )
 
 
-conversion_assets = [recording, tasks, data, episode_stats, episodes, dataset_stats, info]
+conversion_assets = [recording, tasks, data, videos, audio, episode_stats, episodes, dataset_stats, info]

@@ -44,6 +44,7 @@ def convert_recording(
     work: Path | str | None = None,
     instance: dg.DagsterInstance | None = None,
     resources: dict | None = None,
+    log_level: str = "CRITICAL",
 ) -> ConversionRun:
     """Convert ``source`` (a v2.1 recording folder) into the v3.0 dataset folder ``dataset``."""
     from dorobot_assets.defs.assets import conversion_assets
@@ -86,6 +87,8 @@ def convert_recording(
         instance=instance,
         resources=run_resources,
         raise_on_error=False,
+        # The CLI prints the first error itself; Dagster's console log is opt-in (--log-level).
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     run = ConversionRun(success=result.success, dataset=dataset, partition_key=key, result=result)
     if not result.success:

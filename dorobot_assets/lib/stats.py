@@ -68,6 +68,8 @@ def copy_source_stats(rec: Recording) -> pa.Table:
     for e, stats in enumerate(rec.episodes_stats):
         ep = {}
         for feature, fstats in stats.items():
+            if feature in rec.dropped_features:
+                continue
             if feature not in rec.features:
                 raise RecordingError(
                     "stats_mismatch", rec.root / EPISODES_STATS_FILE,

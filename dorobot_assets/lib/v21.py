@@ -92,6 +92,7 @@ class Recording:
     data_schema: pa.Schema
     dorobot_meta_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # quirks handled while reading
+    dropped_features: list[str] = field(default_factory=list)  # declared, but left out of the output
 
     @property
     def is_dorobot(self) -> bool:
@@ -233,11 +234,13 @@ def _parse_features(info: dict, info_path: Path) -> dict[str, Feature]:
     return features
 
 
-def read_recording(root: Path | str, *, require_videos: bool = True) -> Recording:
+def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recording:
     """Read and validate a v2.x recording. Raises RecordingError on the first fault found.
 
-    ``require_videos=False`` accepts a recording whose declared cameras have no mp4 files
-    (a data-only conversion); their paths are then left out of the model.
+    A camera declared in info.json with no mp4 file at all (GR00T's ``egoview``, or a recording
+    copied without its videos) is refused by default; ``missing_cameras="drop"`` leaves it out
+    of the model (and so of the output) with a note. A camera with only *some* mp4s missing is
+    always refused: its episodes could not be placed.
     """
     root = Path(root)
     if not root.is_dir():
@@ -419,30 +422,35 @@ def read_recording(root: Path | str, *, require_videos: bool = True) -> Recordin
         )
 
     notes: list[str] = []
-    if video_keys:
-        for k in video_keys:
-            present = [ep for ep in episodes if ep.video_paths[k].is_file()]
-            if len(present) == len(episodes):
-                continue
-            absent = [ep.index for ep in episodes if not ep.video_paths[k].is_file()]
-            if require_videos:
-                first = episodes[absent[0]].video_paths[k]
-                raise _fail(
-                    "missing_video_file", first,
-                    f"camera {k!r}: {len(absent)} of {len(episodes)} episodes have no mp4 "
-                    f"(episodes {absent[:10]}{'...' if len(absent) > 10 else ''})",
-                )
-            notes.append(f"camera {k}: {len(absent)} of {len(episodes)} mp4 files absent")
+    dropped: list[str] = []
+    for k in video_keys:
+        absent = [ep.index for ep in episodes if not ep.video_paths[k].is_file()]
+        if not absent:
+            continue
+        first = episodes[absent[0]].video_paths[k]
+        if len(absent) == len(episodes) and missing_cameras == "drop":
+            del features[k]
+            dropped.append(k)
+            for ep in episodes:
+                del ep.video_paths[k]
+            notes.append(f"camera {k!r} is declared in info.json but has no mp4 files: left out of the output")
+            continue
+        hint = " (use the missing_cameras=drop setting to leave it out)" if len(absent) == len(episodes) else ""
+        raise _fail(
+            "missing_video_file", first,
+            f"camera {k!r}: {len(absent)} of {len(episodes)} episodes have no mp4 "
+            f"(episodes {absent[:10]}{'...' if len(absent) > 10 else ''}){hint}",
+        )
 
     assert schema0 is not None
     return Recording(
         root=root, info=info, version=version, fps=float(info["fps"]), chunks_size=chunks_size,
         features=features, tasks=tasks, episodes=episodes, episodes_stats=episodes_stats,
-        data_schema=schema0, dorobot_meta_files=dorobot_meta, notes=notes,
+        data_schema=schema0, dorobot_meta_files=dorobot_meta, notes=notes, dropped_features=dropped,
     )
 
 
-def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, require_videos: bool = True) -> Recording:
+def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, missing_cameras: str = "error") -> Recording:
     """``read_recording`` memoised on disk by the recording's fingerprint.
 
     Every asset of a run needs the model; the cache turns the per-asset re-read (footers and
@@ -454,9 +462,9 @@ def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, req
 
     root = Path(root)
     if cache_dir is None:
-        return read_recording(root, require_videos=require_videos)
+        return read_recording(root, missing_cameras=missing_cameras)
     fp = recording_fingerprint(root)
-    cache = Path(cache_dir) / f"recording-{fp}-{int(require_videos)}.pickle"
+    cache = Path(cache_dir) / f"recording-{fp}-{missing_cameras}.pickle"
     if cache.exists():
         try:
             with open(cache, "rb") as f:
@@ -465,7 +473,7 @@ def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, req
                 return rec
         except Exception:  # a stale or foreign cache file is simply rebuilt
             pass
-    rec = read_recording(root, require_videos=require_videos)
+    rec = read_recording(root, missing_cameras=missing_cameras)
     for old in Path(cache_dir).glob("recording-*.pickle"):
         old.unlink(missing_ok=True)
     with atomic_path(cache) as tmp:

@@ -94,7 +94,10 @@ def build_info(
     if isinstance(splits, dict) and list(splits) == ["train"]:
         info["splits"] = {"train": f"0:{total_episodes}"}
     info["data_path"] = DATA_PATH
-    if source_info.get("video_path") is not None:
+    kept_videos = [
+        k for k, f in source_info["features"].items() if f.get("dtype") == "video" and k not in dropped_features
+    ]
+    if source_info.get("video_path") is not None and kept_videos:
         info["video_path"] = VIDEO_PATH
     else:
         info["video_path"] = None
