@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in .venv and install the project with its
+# test extras. Needs only python3 (>= 3.10) on the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
