@@ -140,3 +140,40 @@ def test_convert_cli_exit_codes(make_sample, tmp_path):
     bad = _cli("dorobot-assets", "convert", str(src), str(tmp_path / "bad"), "--stats", "copy")
     assert bad.returncode == 1
     assert "info.json: top level is not a JSON object" in bad.stderr
+
+
+def test_recording_observation_versions_change_with_the_files(make_sample, tmp_path):
+    from dagster._core.definitions.observe import observe
+
+    from dorobot_assets.defs.assets import recording
+    from dorobot_assets.defs.resources import StorageResource
+    from dorobot_assets.lib.v21 import recording_fingerprint
+
+    src = make_sample("obs", lengths=[5])
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions("recordings", ["obs"])
+    resources = {"storage": StorageResource(inbox=str(src.parent), output=str(tmp_path / "out"))}
+
+    def observed_version():
+        assert observe([recording], instance=instance, resources=resources).success
+        record = instance.get_latest_data_version_record(recording.key, is_source=True, partition_key="obs")
+        return record.asset_observation.tags["dagster/data_version"]
+
+    first = observed_version()
+    assert first == recording_fingerprint(src)
+    wav_like = src / "meta" / "tasks.jsonl"
+    os.utime(wav_like, ns=(wav_like.stat().st_atime_ns, wav_like.stat().st_mtime_ns + 10**9))
+    assert observed_version() != first
+
+
+def test_failed_reconversion_keeps_the_previous_dataset_whole(make_sample, tmp_path):
+    src = make_sample("rec", lengths=[5, 6])
+    out = tmp_path / "rec"
+    assert convert_recording(src, out, COPY).success
+    before = file_hashes(out)
+    # the recording is then damaged: the new conversion must fail before touching the old output
+    (src / "meta/episodes.jsonl").write_text('{"episode_index": 0, "length": 5}\n')
+    run = convert_recording(src, out, COPY)
+    assert not run.success
+    assert "stats_mismatch" in run.error and "has stats for 2 episodes, episodes.jsonl lists 1" in run.error
+    assert file_hashes(out) == before
