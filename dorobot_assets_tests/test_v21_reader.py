@@ -192,3 +192,12 @@ def test_real_partial_recording_without_videos_is_refused_by_default():
     root = shared_dataset("g1_inspire_v21_partial")
     err = refused(root, "missing_video_file")
     assert "100 of 100 episodes" in err.fault and "observation.images.cam_high" in err.fault
+
+
+def test_data_file_not_listed_in_episodes_jsonl(make_sample):
+    root = make_sample("rec", lengths=[5, 6])
+    edit_jsonl(root / "meta/episodes.jsonl", lambda rows: [r for r in rows if r["episode_index"] == 0])
+    edit_jsonl(root / "meta/episodes_stats.jsonl", lambda rows: [r for r in rows if r["episode_index"] == 0])
+    err = refused(root, "unlisted_data_file")
+    assert err.path == root / "data/chunk-000/episode_000001.parquet"
+    assert "not listed in meta/episodes.jsonl (1 episodes)" in err.fault

@@ -30,6 +30,7 @@ DEFAULT_CHUNKS_SIZE = 1000  # LeRobot; DoRobot writes 10000 in info.json
 SUPPORTED_VERSIONS = ("v2.0", "v2.1")
 # Columns whose values tie rows to episodes/tasks; read from every episode to validate.
 _KEY_COLUMNS = ("index", "episode_index", "task_index")
+TIMESTAMP_TOLERANCE_S = 1e-4  # LeRobot's video frame lookup tolerance (notes §5)
 NUMERIC_DTYPES = {
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "float16", "float32", "float64",
@@ -72,6 +73,9 @@ class Episode:
     video_paths: dict[str, Path] = field(default_factory=dict)
     audio_paths: dict[str, Path] = field(default_factory=dict)
     dataid: str | None = None
+    # seconds the source timestamps are ahead of frame_index / fps (GR00T starts at 1/fps);
+    # read_episode_data publishes them rebased to frame_index / fps
+    timestamp_offset: float = 0.0
 
     def source_files(self) -> list[Path]:
         files = [self.data_path, *self.video_paths.values(), *self.audio_paths.values()]
@@ -372,7 +376,7 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
             for g in range(md.num_row_groups)
             for c in range(md.num_columns)
         )
-        key_cols = [c for c in _KEY_COLUMNS if c in cols]
+        key_cols = [c for c in (*_KEY_COLUMNS, "timestamp") if c in cols]
         try:
             table = pf.read(columns=key_cols)
         except Exception as ex:
@@ -404,6 +408,7 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
                     f"task_index values {unknown[:10]} are not in {TASKS_FILE} ({n_tasks} tasks)",
                 )
         running_index += n
+        offset = _timestamp_offset(table.column("timestamp"), float(info["fps"])) if "timestamp" in cols and n else 0.0
 
         video_paths: dict[str, Path] = {}
         for k in video_keys:
@@ -418,7 +423,20 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
                 index=e, length=length, tasks=list(row.get("tasks") or []), extra=extra,
                 data_path=data_path, data_uncompressed_bytes=uncompressed,
                 video_paths=video_paths, audio_paths=audio_paths, dataid=dataids.get(e),
+                timestamp_offset=offset,
             )
+        )
+
+    # A data file that episodes.jsonl does not list means the metadata lost an episode (the
+    # official converter counts files and would refuse too): never silently leave data behind.
+    data_top = root / Path(info["data_path"]).parts[0]
+    listed = {e.data_path for e in episodes}
+    unlisted = sorted(p for p in data_top.rglob("*.parquet") if p.resolve() not in listed) if data_top.is_dir() else []
+    if unlisted:
+        raise _fail(
+            "unlisted_data_file", unlisted[0],
+            f"data file is not listed in {EPISODES_FILE} ({len(episodes)} episodes); "
+            f"{len(unlisted)} such file(s)",
         )
 
     notes: list[str] = []
@@ -442,12 +460,77 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
             f"(episodes {absent[:10]}{'...' if len(absent) > 10 else ''}){hint}",
         )
 
+    notes.extend(_quirk_notes(info, features, episodes, len(tasks), chunks_size))
+
     assert schema0 is not None
     return Recording(
         root=root, info=info, version=version, fps=float(info["fps"]), chunks_size=chunks_size,
         features=features, tasks=tasks, episodes=episodes, episodes_stats=episodes_stats,
         data_schema=schema0, dorobot_meta_files=dorobot_meta, notes=notes, dropped_features=dropped,
     )
+
+
+def _timestamp_offset(column: pa.ChunkedArray, fps: float) -> float:
+    """The constant by which an episode's timestamps exceed ``frame / fps`` (0.0 when they start
+    at 0, or when they are irregular: validation reports those, we do not guess a fix)."""
+    if column.null_count:
+        return 0.0
+    ts = column.to_numpy().astype(np.float64)
+    offset = float(ts[0])
+    if abs(offset) <= TIMESTAMP_TOLERANCE_S:
+        return 0.0
+    if np.max(np.abs(ts - offset - np.arange(len(ts)) / fps)) > TIMESTAMP_TOLERANCE_S:
+        return 0.0
+    return offset
+
+
+def _quirk_notes(info: dict, features: dict[str, Feature], episodes: list[Episode], n_tasks: int,
+                 chunks_size: int) -> list[str]:
+    """What this recording does differently from a clean v2.1 one, and how it is converted."""
+    notes = []
+    if info["codebase_version"] == "v2.0":
+        notes.append("codebase_version v2.0: no episodes_stats.jsonl, so statistics are computed from the data")
+    for name, spec in info["features"].items():
+        if name in features and spec.get("dtype") == "video" and "video_info" in spec and "info" not in spec:
+            notes.append(f"camera {name!r} describes its stream under 'video_info' (v1.6-era key): written as 'info'")
+    if "frame_index" not in info["features"]:
+        notes.append("no frame_index column: converted without one (LeRobot's v3.0 reader finds "
+                     "frames by index and timestamp)")
+    shifted = [e for e in episodes if e.timestamp_offset]
+    if shifted:
+        notes.append(
+            f"timestamps of {len(shifted)} of {len(episodes)} episodes start at {shifted[0].timestamp_offset:.4g} s "
+            "instead of 0: rebased to frame_index / fps, so each frame's video image is found at "
+            "from_timestamp + timestamp"
+        )
+    n_videos = len(episodes) * sum(1 for f in features.values() if f.is_video)
+    actual = {
+        "total_episodes": len(episodes), "total_frames": sum(e.length for e in episodes),
+        "total_tasks": n_tasks, "total_chunks": (len(episodes) - 1) // chunks_size + 1, "total_videos": n_videos,
+    }
+    stale = [f"{k} {info[k]!r} (files: {v})" for k, v in actual.items() if k in info and info[k] != v]
+    splits = info.get("splits")
+    if isinstance(splits, dict) and list(splits) == ["train"] and splits["train"] != f"0:{len(episodes)}":
+        stale.append(f"splits train {splits['train']!r} (files: '0:{len(episodes)}')")
+    if stale:
+        notes.append("info.json totals disagree with the files, recomputed: " + "; ".join(stale))
+    return notes
+
+
+def read_episode_data(rec: Recording, episode_index: int, columns: list[str] | None = None) -> pa.Table:
+    """One episode's rows as they are published: the source values, except timestamps that start
+    at an offset (``Episode.timestamp_offset``), which become ``frame / fps`` in their own type."""
+    ep = rec.episodes[episode_index]
+    try:
+        table = pq.read_table(ep.data_path, columns=columns)
+    except Exception as ex:  # pyarrow raises several types for corrupt files
+        raise _fail("data_unreadable", ep.data_path, f"cannot read episode {episode_index}: {ex}") from ex
+    if ep.timestamp_offset and "timestamp" in table.column_names:
+        i = table.column_names.index("timestamp")
+        field_ = table.schema.field(i)
+        values = (np.arange(table.num_rows) / rec.fps).astype(field_.type.to_pandas_dtype())
+        table = table.set_column(i, field_, pa.array(values, field_.type))
+    return table
 
 
 def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, missing_cameras: str = "error") -> Recording:
