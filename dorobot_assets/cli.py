@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from dorobot_assets.lib import encoders
 from dorobot_assets.lib.errors import DorobotError
-from dorobot_assets.lib.settings import STATS_MODES, ConversionSettings
+from dorobot_assets.lib.settings import DEFAULT_VIDEO_WORKERS, STATS_MODES, ConversionSettings
 from dorobot_assets.lib.v30 import (
     DEFAULT_AUDIO_FILE_SIZE_MB,
     DEFAULT_DATA_FILE_SIZE_MB,
@@ -26,8 +27,20 @@ def _cmd_convert(args) -> int:
         audio_file_size_mb=args.audio_file_size_mb,
         stats=args.stats,
         missing_cameras="drop" if args.drop_missing_cameras else "error",
+        reencode=args.reencode,
+        video_workers=args.video_workers,
     )
-    run = convert_recording(args.src, args.out, settings, work=args.work, log_level=args.log_level)
+    from dorobot_assets.defs.resources import VideoEncoderResource
+
+    encoder = encoders.EncoderConfig(
+        backend=args.encoder, codec=args.video_codec, crf=args.crf, gop=args.gop, preset=args.video_preset,
+        ffmpeg=args.ffmpeg, npu_device_id=args.npu_device, npu_channels=args.npu_channels,
+        npu_fallback_to_libx264=args.npu_fallback,
+    )
+    run = convert_recording(args.src, args.out, settings, work=args.work, log_level=args.log_level,
+                            resources={"video_encoder": VideoEncoderResource.from_config(encoder)})
+    if args.step_times:
+        Path(args.step_times).write_text(json.dumps(run.step_seconds, indent=2))
     if not run.success:
         print(f"error: conversion of {args.src} failed: {run.error}", file=sys.stderr)
         return 1
@@ -73,6 +86,60 @@ def _cmd_register(args) -> int:
     return 0
 
 
+# The UI's defaults are the demo's instance and folders, so the UI shows what the demo converted.
+UI_HOME = "dagster_home"
+UI_INBOX = "demo/inbox"
+UI_OUTPUT = "demo/output"
+DAGSTER_YAML_TEMPLATE = "dagster.yaml.template"
+
+
+def project_root() -> Path:
+    """The checkout this package was installed from (it holds dagster.yaml.template), else the cwd."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / DAGSTER_YAML_TEMPLATE).is_file() else Path.cwd()
+
+
+def _cmd_ui(args) -> int:
+    import shutil
+    import signal
+
+    root = project_root()
+    home = Path(os.environ.get("DAGSTER_HOME") or root / UI_HOME).resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ.setdefault("DOROBOT_INBOX", str(root / UI_INBOX))
+    os.environ.setdefault("DOROBOT_OUTPUT", str(root / UI_OUTPUT))
+    for folder in (home, Path(os.environ["DOROBOT_INBOX"]), Path(os.environ["DOROBOT_OUTPUT"])):
+        folder.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        template = root / DAGSTER_YAML_TEMPLATE
+        if not template.is_file():
+            print(f"error: {config} is missing and there is no {template} to copy", file=sys.stderr)
+            return 2
+        shutil.copyfile(template, config)
+    print(f"Dagster instance: {home}\ninbox watched by the sensor: {os.environ['DOROBOT_INBOX']}\n"
+          f"datasets: {os.environ['DOROBOT_OUTPUT']}\nUI: http://{args.host}:{args.port}", flush=True)
+    dagster = Path(sys.executable).with_name("dagster")
+    argv = [str(dagster) if dagster.exists() else "dagster", "dev", "-m", "dorobot_assets",
+            "-h", args.host, "-p", str(args.port)]
+    # A background job of a non-interactive shell starts with SIGINT ignored, and dagster dev
+    # handles SIGTERM through its SIGINT handler: restore SIGINT so SIGTERM stops it too.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execvp(argv[0], argv)
+    return 0  # not reached: exec replaces this process
+
+
+def _cmd_validate(args) -> int:
+    from dorobot_assets.lib import validate
+
+    results = validate.validate_dataset(args.path, deep=args.deep)
+    if args.json:
+        print(json.dumps(validate.results_to_json(results, args.path), indent=2))
+    else:
+        print(validate.format_report(results, args.path))
+    return 0 if validate.is_valid(results) else 1
+
+
 def _parse_cameras(spec: str):
     from dorobot_assets.lib.synthetic import CameraSpec
 
@@ -111,6 +178,21 @@ def _cmd_make_sample(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from dorobot_assets.lib import bench
+
+    try:
+        cfg = bench.config_from_options(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "json")})
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = bench.run_bench(cfg)
+    path = bench.write_json(result, args.json or cfg.cache / "results" / "latest.json")
+    print(bench.format_table(result))
+    print(f"\nresults: {path}")
+    return 0 if bench.all_ok(result) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dorobot-assets", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,8 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--stats", choices=STATS_MODES, default="recompute")
     c.add_argument("--drop-missing-cameras", action="store_true",
                    help="leave out cameras declared in info.json that have no mp4 files at all")
+    c.add_argument("--video-workers", type=int, default=DEFAULT_VIDEO_WORKERS, help="cameras converted at once")
+    c.add_argument("--reencode", action="store_true",
+                   help="transcode every video through --encoder instead of copying it (stream copy is the default)")
+    c.add_argument("--encoder", choices=encoders.BACKENDS, default=encoders.DEFAULT_BACKEND,
+                   help="with --reencode: pyav (in-process), ffmpeg (an ffmpeg executable), npu (Ascend h264_ascend)")
+    c.add_argument("--video-codec", choices=encoders.SOFTWARE_CODECS, default=encoders.DEFAULT_CODEC,
+                   help="codec of the pyav and ffmpeg encoders")
+    c.add_argument("--crf", type=int, default=encoders.DEFAULT_CRF)
+    c.add_argument("--gop", type=int, default=encoders.DEFAULT_GOP, help="key frame interval")
+    c.add_argument("--video-preset", default=None, help="encoder preset (default: the encoder's own)")
+    c.add_argument("--ffmpeg", default=None, help="ffmpeg executable for --encoder ffmpeg|npu (default: ffmpeg on PATH)")
+    c.add_argument("--npu-device", type=int, default=encoders.DEFAULT_NPU_DEVICE, help="Ascend device id")
+    c.add_argument("--npu-channels", type=int, default=encoders.DEFAULT_NPU_CHANNELS,
+                   help="NPU encoding channels used at once")
+    c.add_argument("--npu-fallback", action="store_true",
+                   help="encode with libx264 when h264_ascend is missing or every NPU channel stays busy")
     c.add_argument("--work", type=Path, default=None, help="work folder (manifests, caches)")
     c.add_argument("--log-level", default="CRITICAL", help="Dagster console log level (e.g. INFO)")
+    c.add_argument("--step-times", type=Path, default=None, help="write seconds per asset step as JSON to this file")
     c.set_defaults(func=_cmd_convert)
 
     r = sub.add_parser("register", help="add recordings (folders or inbox keys) as partitions in $DAGSTER_HOME")
@@ -146,6 +245,38 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mics", default="left:48000", help="comma-separated name:sample_rate")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_cmd_make_sample)
+
+    v = sub.add_parser("validate", help="run the DuckDB checks on any v3.0 dataset; exit 1 when an error-level check fails")
+    v.add_argument("path", type=Path)
+    v.add_argument("--json", action="store_true", help="print the results as JSON")
+    v.add_argument("--deep", action="store_true", help="also decode every video frame to check its timestamp")
+    v.set_defaults(func=_cmd_validate)
+
+    u = sub.add_parser("ui", help="serve the web UI with the inbox sensor (dagster dev on a persistent $DAGSTER_HOME)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=3000)
+    u.set_defaults(func=_cmd_ui)
+
+    b = sub.add_parser("bench", help="benchmark convert and dagster asset materialize (optionally against LeRobot's converter)")
+    b.add_argument("--sizes", "--episodes", dest="sizes", default=None,
+                   help="comma-separated episode counts (default 200,2000; with --quick 20)")
+    b.add_argument("--quick", action="store_true", help="one repeat, --stats copy, default executor only")
+    b.add_argument("--repeat", type=int, default=None, help="runs of each workload, alternating (default 2; --quick 1)")
+    b.add_argument("--stats", default=None, help="comma-separated stats modes (default copy,recompute; --quick copy)")
+    b.add_argument("--entry", default=None, help="comma-separated: convert, materialize (default both)")
+    b.add_argument("--executors", default=None,
+                   help="executors for dagster asset materialize: default, in_process, multiprocess "
+                        "(default: default; without --quick all three)")
+    b.add_argument("--cameras", default=None, help="name:codec,... or none (default top:av1,wrist:h264)")
+    b.add_argument("--data-file-size-mb", type=float, default=None, help="data rollover limit given to every converter")
+    b.add_argument("--video-file-size-mb", type=float, default=None, help="video rollover limit (default: each converter's)")
+    b.add_argument("--official-python", type=Path, default=None,
+                   help="a Python with lerobot==0.4.4: also run LeRobot's converter on the same recordings")
+    b.add_argument("--cache", type=Path, default=None, help="recordings and scratch space (default .bench_cache)")
+    b.add_argument("--json", type=Path, default=None, help="write the results here (default <cache>/results/latest.json)")
+    b.add_argument("--no-fixed-overhead", action="store_true", help="skip the 1-episode runs")
+    b.add_argument("--no-floors", action="store_true", help="skip the copy and decode floors")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -9,8 +9,10 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from dorobot_assets.defs.assets import conversion_assets
+from dorobot_assets.defs.checks import conversion_checks
 from dorobot_assets.defs.jobs import convert_recording_job
-from dorobot_assets.defs.resources import ConversionResource, StorageResource
+from dorobot_assets.defs.resources import ConversionResource, StorageResource, VideoEncoderResource
+from dorobot_assets.defs.sensors import inbox_sensor
 
 
 def default_resources() -> dict:
@@ -18,11 +20,18 @@ def default_resources() -> dict:
     return {
         "storage": StorageResource(),
         "conversion": ConversionResource(),
+        "video_encoder": VideoEncoderResource(),
     }
 
 
 defs = dg.Definitions(
     assets=conversion_assets,
+    asset_checks=conversion_checks,
     jobs=[convert_recording_job],
+    sensors=[inbox_sensor],
     resources=default_resources(),
+    # One process per run: a conversion is ~35 short steps (assets and their DuckDB checks) and
+    # a subprocess per step costs seconds each, minutes per run on 2 cores. Recordings still
+    # convert side by side (the run queue limit in dagster.yaml); pools apply in-process too.
+    executor=dg.in_process_executor,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,33 @@ def make_sample(_sample_cache, tmp_path):
         return dest
 
     return make
+
+
+@dataclass(frozen=True)
+class ConvertedSample:
+    source: Path  # the synthetic v2.1 recording
+    dataset: Path  # its v3.0 conversion
+    work: Path  # the conversion's manifests and caches
+
+
+@pytest.fixture(scope="session")
+def converted_sample(tmp_path_factory) -> ConvertedSample:
+    """One synthetic recording (4 episodes, an H.264 camera, a microphone) converted once per
+    session by our own pipeline, with limits that put two episodes in each data, video and audio
+    file. Read-only: copy it before breaking it."""
+    from dorobot_assets.defs.convert import convert_recording
+    from dorobot_assets.lib.settings import ConversionSettings
+
+    base = tmp_path_factory.mktemp("converted_sample")
+    source = synthetic.make_recording(
+        base / "recording", lengths=[24, 20, 22, 18],
+        cameras=[synthetic.CameraSpec("observation.images.top", "h264")],
+        mics=[synthetic.MicSpec("observation.audio.left", 16000)],
+    )
+    settings = ConversionSettings(data_file_size_mb=0.005, video_file_size_mb=0.025, audio_file_size_mb=0.05)
+    run = convert_recording(source, base / "dataset", settings, work=base / "work")
+    assert run.success, run.error
+    return ConvertedSample(source=source, dataset=base / "dataset", work=base / "work")
 
 
 def file_hashes(root: Path) -> dict[str, str]:

@@ -55,6 +55,7 @@ def test_materialize_with_instance_reports_metadata_and_rerun_is_idempotent(make
     instance = dg.DagsterInstance.get()  # a real instance in the test's DAGSTER_HOME
     instance.add_dynamic_partitions("recordings", ["take_1"])
     resources = {
+        **defs.resources,
         "storage": StorageResource(inbox=str(src.parent), output=str(tmp_path / "out")),
         "conversion": ConversionResource(stats="copy"),
     }
@@ -109,7 +110,7 @@ def test_output_inside_source_is_refused(make_sample):
 def _cli(*args, env=None, cwd=None):
     exe = Path(sys.executable).parent
     return subprocess.run([str(exe / args[0]), *args[1:]], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+                          env=env, cwd=cwd, timeout=900)
 
 
 def test_shell_workflow_register_then_dagster_asset_materialize(make_sample, tmp_path):

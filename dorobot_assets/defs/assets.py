@@ -7,19 +7,23 @@ from pathlib import Path
 
 import dagster as dg
 
+from dorobot_assets.defs.checks import info_check_results, info_check_specs
 from dorobot_assets.defs.partitions import recordings
-from dorobot_assets.defs.resources import ConversionResource, StorageResource
+from dorobot_assets.defs.resources import ConversionResource, StorageResource, VideoEncoderResource
 from dorobot_assets.lib import audio as audio_lib
 from dorobot_assets.lib import data as data_lib
+from dorobot_assets.lib import dorobot as dorobot_lib
 from dorobot_assets.lib import episodes as episodes_lib
 from dorobot_assets.lib import info as info_lib
+from dorobot_assets.lib import report as report_lib
 from dorobot_assets.lib import stats as stats_lib
 from dorobot_assets.lib import tasks as tasks_lib
 from dorobot_assets.lib import video as video_lib
 from dorobot_assets.lib.fsutil import remove_stale_temp_files
-from dorobot_assets.lib.manifest import read_manifest, write_manifest
+from dorobot_assets.lib.manifest import manifest_path, read_manifest, write_manifest
 from dorobot_assets.lib.v21 import Recording, read_recording_cached, recording_fingerprint
 from dorobot_assets.lib.v30 import INFO_PATH
+from dorobot_assets.lib.validate import DatasetView
 
 GROUP = "lerobot_v30"
 CODE_VERSION = "1"
@@ -75,7 +79,8 @@ def tasks(context: dg.AssetExecutionContext, storage: StorageResource, conversio
     begin_write(root)
     result = tasks_lib.write_tasks(rec.tasks, root)
     return dg.MaterializeResult(
-        metadata={"tasks": result.total_tasks, "path": dg.MetadataValue.path(str(result.path)),
+        metadata={**report_lib.artifact_summary(rec, result.path),
+                  "tasks": result.total_tasks, "path": dg.MetadataValue.path(str(result.path)),
                   "dagster/row_count": result.total_tasks},
         data_version=dg.DataVersion(rec.fingerprint()),
     )
@@ -98,6 +103,7 @@ def data(context: dg.AssetExecutionContext, storage: StorageResource, conversion
     write_manifest(storage.work_dir(key), "data", result.placements, rec.fingerprint())
     return dg.MaterializeResult(
         metadata={
+            **report_lib.artifact_summary(rec, root / "data"),
             "episodes": len(rec.episodes), "frames": result.rows, "files": len(result.files),
             "bytes": result.bytes_written, "megabytes": _mb(result.bytes_written),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -111,29 +117,38 @@ def data(context: dg.AssetExecutionContext, storage: StorageResource, conversion
 @dg.asset(
     partitions_def=recordings, deps=[recording], group_name=GROUP, code_version=CODE_VERSION,
     kinds={"video"},
+    # Cross-run limit on a scarce encoder (NPU channels, CPU): `dagster instance concurrency set video_encoder N`.
+    pool="video_encoder",
     description="videos/{video_key}/chunk-XXX/file-YYY.mp4: each camera's episode MP4s "
-    "concatenated by stream copy, rolled over by size per camera.",
+    "concatenated by stream copy (or re-encoded through the video_encoder resource when "
+    "`reencode` is set), rolled over by size per camera.",
 )
-def videos(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
+def videos(
+    context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource,
+    video_encoder: VideoEncoderResource,
+):
     key = context.partition_key
     settings = conversion.settings()
     rec = load_recording(storage, conversion, key)
     root = storage.dataset_root(key)
     begin_write(root)
     t0 = time.perf_counter()
-    result = video_lib.write_videos(rec, root, settings)
+    encoder = video_encoder.encoder() if settings.reencode else None
+    result = video_lib.write_videos(rec, root, settings, encoder, log=context.log.info)
     result.dropped_cameras = sorted(set(result.dropped_cameras) | set(rec.dropped_features))
     for note in result.notes:
         context.log.warning(note)
     write_manifest(
         storage.work_dir(key), "videos", result.placements, rec.fingerprint(),
-        {"dropped_cameras": result.dropped_cameras},
+        {"dropped_cameras": result.dropped_cameras, "features_info": result.features_info},
     )
     return dg.MaterializeResult(
         metadata={
-            "cameras": len(rec.video_keys) - len(result.dropped_cameras), "files": len(result.files),
+            **report_lib.artifact_summary(rec, root / "videos"),
+            "cameras": len(rec.video_keys), "files": len(result.files),
             "frames": result.frames, "bytes": result.bytes_written, "megabytes": _mb(result.bytes_written),
             "dropped_cameras": ", ".join(result.dropped_cameras) or "none",
+            "mode": result.mode, "encoder": result.encoder or "none (stream copy)",
             "seconds": round(time.perf_counter() - t0, 3),
             "path": dg.MetadataValue.path(str(root / "videos")),
         },
@@ -163,6 +178,7 @@ def audio(context: dg.AssetExecutionContext, storage: StorageResource, conversio
     )
     return dg.MaterializeResult(
         metadata={
+            **report_lib.artifact_summary(rec, root / "audio"),
             "microphones": len(rec.audio_keys), "files": len(result.files),
             "bytes": result.bytes_written, "missing_wavs": len(result.missing),
             "note": "recording has no audio" if not rec.audio_keys else "",
@@ -193,8 +209,13 @@ def episode_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
     write_manifest(storage.work_dir(key), "episode_stats", table, rec.fingerprint(), extra)
     return dg.MaterializeResult(
         metadata={
+            **report_lib.artifact_summary(rec, manifest_path(storage.work_dir(key), "episode_stats")),
             "mode": settings.stats, "episodes": table.num_rows,
             "columns": len(table.column_names) - 1, "seconds": round(time.perf_counter() - t0, 3),
+            # recompute reuses the stats of episodes whose source files did not change
+            "episodes_computed": extra.get("episodes_computed", 0),
+            "episodes_reused": extra.get("episodes_reused", 0),
+            "source_notes": "\n".join(rec.notes) or "none",
         },
         data_version=dg.DataVersion(rec.fingerprint()),
     )
@@ -218,10 +239,14 @@ def episodes(context: dg.AssetExecutionContext, storage: StorageResource, conver
     begin_write(root)
     table = episodes_lib.build_episodes_table(rec, data_table, placements, stats_table)
     result = episodes_lib.write_episodes(table, root)
+    dorobot_meta = dorobot_lib.carry_over_meta(rec.root, root)
     return dg.MaterializeResult(
         metadata={
+            **report_lib.artifact_summary(rec, root / "meta" / "episodes"),
+            "preview": dg.MetadataValue.md(report_lib.episodes_preview(root)),
             "episodes": result.episodes, "columns": len(result.columns),
             "path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.episodes,
+            "dorobot_meta": ", ".join(p.name for p in dorobot_meta) or "none",
         },
         data_version=dg.DataVersion(fp),
     )
@@ -243,7 +268,9 @@ def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
     agg = stats_lib.aggregate(stats_table, quantiles)
     path = stats_lib.write_stats_json(agg, root)
     return dg.MaterializeResult(
-        metadata={"features": len(agg), "path": dg.MetadataValue.path(str(path)),
+        metadata={**report_lib.artifact_summary(rec, path),
+                  "preview": dg.MetadataValue.md(report_lib.stats_summary(root)),
+                  "features": len(agg), "path": dg.MetadataValue.path(str(path)),
                   "quantiles": bool(quantiles)},
         data_version=dg.DataVersion(rec.fingerprint()),
     )
@@ -252,8 +279,10 @@ def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
 @dg.asset(
     partitions_def=recordings, deps=[tasks, data, videos, audio, episodes, dataset_stats], group_name=GROUP,
     code_version=CODE_VERSION, kinds={"json"},
+    check_specs=info_check_specs(),
     description="meta/info.json, written last (a v3.0 folder without it is incomplete): v3.0 "
-    "templates and limits, totals counted from the files written.",
+    "templates and limits, totals counted from the files written. Its checks inspect the "
+    "pending info.json and a failing one keeps it unwritten.",
 )
 def info(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
     key = context.partition_key
@@ -264,15 +293,22 @@ def info(context: dg.AssetExecutionContext, storage: StorageResource, conversion
     fp = rec.fingerprint()
     _, video_extra = read_manifest(work, "videos", fp)
     _, audio_extra = read_manifest(work, "audio", fp)
-    written = info_lib.write_info(
-        rec, root, settings,
+    info_args = dict(
         audio_features_info=audio_extra.get("features_info") or None,
         dropped_features=tuple(video_extra.get("dropped_cameras", ())),
+        video_features_info=video_extra.get("features_info") or None,
     )
-    return dg.MaterializeResult(
+    pending = info_lib.pending_info(rec, root, settings, **info_args)
+    yield from info_check_results(DatasetView(root=root, info=pending, source=rec.root, work=work))
+    written = info_lib.write_info(rec, root, settings, **info_args)
+    yield dg.MaterializeResult(
         metadata={
+            **report_lib.artifact_summary(rec, root),
+            "preview": dg.MetadataValue.md(report_lib.dataset_card(root)),
             "episodes": written["total_episodes"], "frames": written["total_frames"],
             "tasks": written["total_tasks"], "path": dg.MetadataValue.path(str(root)),
+            # source quirks handled while converting (v2.0, GR00T): renamed keys, stale totals...
+            "source_notes": "\n".join(rec.notes) or "none",
         },
         data_version=dg.DataVersion(rec.fingerprint()),
     )

@@ -20,17 +20,39 @@ class ConversionRun:
     error: str | None = None
     materialized: list[str] = field(default_factory=list)
     result: object = None
+    step_seconds: dict[str, float] = field(default_factory=dict)  # per successful step (asset or check)
+
+
+def _our_error_names() -> set[str]:
+    """Class names of every DorobotError subclass defined so far (lib modules add their own)."""
+    from dorobot_assets.lib.errors import DorobotError
+
+    names, todo = set(), [DorobotError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            # Dagster wraps the user's exception; ours (a DorobotError subclass) is somewhere in
+            # the cause chain, possibly above a library error it was raised from.
+            chain = []
             err = event.step_failure_data.error
-            # The user's exception is the innermost cause (Dagster wraps it).
-            while err.cause is not None:
+            while err is not None:
+                chain.append(err)
                 err = err.cause
+            ours = [e for e in chain if e.cls_name in _our_error_names()]
+            err = ours[0] if ours else chain[-1]
+            if err.cls_name == "DagsterAssetCheckFailedError":
+                continue  # a blocking check failed: its own description (below) names the fault
             return f"{event.step_key}: {err.message.strip()}"
-    for ev in result.get_asset_check_evaluations():
+    evaluations = result.get_asset_check_evaluations()
+    # Errors (which block) before warnings.
+    for ev in sorted(evaluations, key=lambda ev: ev.severity != dg.AssetCheckSeverity.ERROR):
         if not ev.passed:
             return f"check {ev.check_name} on {ev.asset_key.to_user_string()} failed: {ev.description or ''}".strip()
     return "the run failed"
@@ -75,6 +97,8 @@ def convert_recording(
             files_per_chunk=settings.files_per_chunk,
             stats=settings.stats,
             missing_cameras=settings.missing_cameras,
+            reencode=settings.reencode,
+            video_workers=settings.video_workers,
         ),
     }
     for name, res in defs.resources.items():
@@ -96,6 +120,10 @@ def convert_recording(
     run.materialized = [
         e.asset_key.to_user_string() for e in result.all_events if e.is_step_materialization and e.asset_key
     ] if hasattr(result, "all_events") else []
+    run.step_seconds = {
+        e.step_key: round(e.step_success_data.duration_ms / 1000, 3)
+        for e in result.all_events if e.is_step_success and e.step_key
+    }
     return run
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Optional
@@ -9,9 +10,10 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
+from dorobot_assets.lib import encoders
 from dorobot_assets.lib.errors import ConfigError
 from dorobot_assets.lib.keys import RecordingRegistry, resolve_recording
-from dorobot_assets.lib.settings import ConversionSettings
+from dorobot_assets.lib.settings import DEFAULT_VIDEO_WORKERS, ConversionSettings
 from dorobot_assets.lib.v30 import (
     DEFAULT_AUDIO_FILE_SIZE_MB,
     DEFAULT_DATA_FILE_SIZE_MB,
@@ -81,8 +83,12 @@ class ConversionResource(dg.ConfigurableResource):
     video_file_size_mb: float = DEFAULT_VIDEO_FILE_SIZE_MB
     audio_file_size_mb: float = DEFAULT_AUDIO_FILE_SIZE_MB
     files_per_chunk: int = DEFAULT_FILES_PER_CHUNK
-    stats: str = Field(default="recompute", description="recompute (quantiles from the data) or copy (v2.1 stats)")
+    stats: Optional[str] = Field(
+        default=None, description="recompute (quantiles from the data) or copy (v2.1 stats); default $DOROBOT_STATS, else recompute"
+    )
     missing_cameras: str = Field(default="error", description="a declared camera without mp4s: error or drop")
+    reencode: bool = Field(default=False, description="transcode every video through the video_encoder resource instead of stream copy")
+    video_workers: int = Field(default=DEFAULT_VIDEO_WORKERS, description="cameras converted at once in the videos step")
 
     def settings(self) -> ConversionSettings:
         return ConversionSettings(
@@ -90,6 +96,37 @@ class ConversionResource(dg.ConfigurableResource):
             video_file_size_mb=self.video_file_size_mb,
             audio_file_size_mb=self.audio_file_size_mb,
             files_per_chunk=self.files_per_chunk,
-            stats=self.stats,
+            stats=self.stats or os.environ.get("DOROBOT_STATS") or ConversionSettings.stats,
             missing_cameras=self.missing_cameras,
+            reencode=self.reencode,
+            video_workers=self.video_workers,
         )
+
+
+class VideoEncoderResource(dg.ConfigurableResource):
+    """The encoder used when ``reencode`` is set (lib/encoders.py): ``pyav`` (software, in-process),
+    ``ffmpeg`` (an ffmpeg executable) or ``npu`` (Ascend ``h264_ascend`` through Ascend's ffmpeg).
+    The videos asset runs in the concurrency pool ``video_encoder``; cap it across runs with
+    ``dagster instance concurrency set video_encoder N``."""
+
+    backend: str = Field(default=encoders.DEFAULT_BACKEND, description="pyav | ffmpeg | npu")
+    codec: str = Field(default=encoders.DEFAULT_CODEC, description="pyav/ffmpeg: libsvtav1 | libx264")
+    crf: int = encoders.DEFAULT_CRF
+    gop: int = encoders.DEFAULT_GOP
+    preset: Optional[str] = Field(default=None, description="encoder preset; the encoder's default when unset")
+    ffmpeg: Optional[str] = Field(default=None, description="ffmpeg executable (path or name); default `ffmpeg` on PATH")
+    npu_device_id: int = encoders.DEFAULT_NPU_DEVICE
+    npu_channels: int = Field(default=encoders.DEFAULT_NPU_CHANNELS, description="NPU channels used at once")
+    npu_retries: int = encoders.DEFAULT_NPU_RETRIES
+    npu_backoff_s: float = encoders.DEFAULT_NPU_BACKOFF_S
+    npu_fallback_to_libx264: bool = Field(default=False, description="encode with libx264 when the NPU is missing or busy")
+
+    @classmethod
+    def from_config(cls, config: encoders.EncoderConfig) -> "VideoEncoderResource":
+        return cls(**dataclasses.asdict(config))
+
+    def config(self) -> encoders.EncoderConfig:
+        return encoders.EncoderConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(encoders.EncoderConfig)})
+
+    def encoder(self) -> encoders.VideoEncoder:
+        return encoders.build_encoder(self.config())

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from dorobot_assets.lib.fsutil import atomic_path
 from dorobot_assets.lib.rollover import FileSlot, group_by_slot, plan_rollover
-from dorobot_assets.lib.v21 import Recording
+from dorobot_assets.lib.v21 import Recording, read_episode_data
 from dorobot_assets.lib.v30 import DEFAULT_FILES_PER_CHUNK, data_file
 
 MB = 1024 * 1024
@@ -57,7 +57,7 @@ def write_data(
             with pq.ParquetWriter(tmp, schema) as writer:
                 for i in members:
                     ep = rec.episodes[i]
-                    table = pq.read_table(ep.data_path).select(names)
+                    table = read_episode_data(rec, i, names)  # timestamps rebased if offset (v21.py)
                     # Episodes may carry different schema metadata; the columns were validated equal.
                     table = table.replace_schema_metadata(schema.metadata)
                     writer.write_table(table, row_group_size=max(1, table.num_rows))

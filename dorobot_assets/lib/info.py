@@ -19,8 +19,33 @@ def totals_on_disk(dataset_root: Path) -> dict[str, int]:
     episodes = sum(
         pq.ParquetFile(f).metadata.num_rows for f in sorted(root.glob("meta/episodes/chunk-*/file-*.parquet"))
     )
-    tasks = pq.ParquetFile(root / TASKS_PATH).metadata.num_rows
+    # Mid-conversion (checks build a pending info) tasks.parquet may not be written yet.
+    tasks_file = root / TASKS_PATH
+    tasks = pq.ParquetFile(tasks_file).metadata.num_rows if tasks_file.exists() else 0
     return {"total_episodes": episodes, "total_frames": frames, "total_tasks": tasks}
+
+
+def pending_info(
+    rec: Recording,
+    dataset_root: Path,
+    settings: ConversionSettings,
+    *,
+    audio_features_info: dict[str, dict] | None = None,
+    dropped_features: tuple[str, ...] = (),
+    video_features_info: dict[str, dict] | None = None,
+) -> dict:
+    """The info.json write_info would write now: checks inspect it before it is published."""
+    totals = totals_on_disk(dataset_root)
+    return build_info(
+        rec.info,
+        **totals,
+        data_file_size_mb=settings.data_file_size_mb,
+        video_file_size_mb=settings.video_file_size_mb,
+        audio_file_size_mb=settings.audio_file_size_mb,
+        audio_features_info=audio_features_info,
+        dropped_features=dropped_features,
+        video_features_info=video_features_info,
+    )
 
 
 def write_info(
@@ -30,16 +55,11 @@ def write_info(
     *,
     audio_features_info: dict[str, dict] | None = None,
     dropped_features: tuple[str, ...] = (),
+    video_features_info: dict[str, dict] | None = None,
 ) -> dict:
-    totals = totals_on_disk(dataset_root)
-    info = build_info(
-        rec.info,
-        **totals,
-        data_file_size_mb=settings.data_file_size_mb,
-        video_file_size_mb=settings.video_file_size_mb,
-        audio_file_size_mb=settings.audio_file_size_mb,
-        audio_features_info=audio_features_info,
-        dropped_features=dropped_features,
+    info = pending_info(
+        rec, dataset_root, settings, audio_features_info=audio_features_info, dropped_features=dropped_features,
+        video_features_info=video_features_info,
     )
     write_json_atomic(Path(dataset_root) / INFO_PATH, info)
     return info

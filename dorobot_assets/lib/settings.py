@@ -14,6 +14,7 @@ from dorobot_assets.lib.v30 import (
 
 STATS_MODES = ("recompute", "copy")
 MISSING_CAMERA_MODES = ("error", "drop")
+DEFAULT_VIDEO_WORKERS = 2  # cameras converted at once within the videos step (the machine has 2 cores)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class ConversionSettings:
     stats: str = "recompute"
     # a camera declared in info.json with no mp4 at all: refuse (error) or leave it out (drop)
     missing_cameras: str = "error"
+    # videos: transcode every episode through the video encoder instead of stream copy
+    reencode: bool = False
+    video_workers: int = DEFAULT_VIDEO_WORKERS
 
     def __post_init__(self):
         for name in ("data_file_size_mb", "video_file_size_mb", "audio_file_size_mb"):
@@ -38,3 +42,5 @@ class ConversionSettings:
             raise ConfigError(f"stats must be one of {STATS_MODES}, got {self.stats!r}")
         if self.missing_cameras not in MISSING_CAMERA_MODES:
             raise ConfigError(f"missing_cameras must be one of {MISSING_CAMERA_MODES}, got {self.missing_cameras!r}")
+        if self.video_workers < 1:
+            raise ConfigError(f"video_workers must be >= 1, got {self.video_workers}")

@@ -44,6 +44,8 @@ class CameraSpec:
     height: int = 48
     # episode_index -> {"codec"/"width"/"height": ...}: recordings that mix encoders per episode
     overrides: dict[int, dict] = field(default_factory=dict)
+    # encoder options over ENCODER_SETTINGS (None removes one), e.g. a long GOP with B-frames
+    encoder_options: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,8 +90,11 @@ def camera_frame(width: int, height: int, episode: int, frame: int, cam: int) ->
     return img
 
 
-def encode_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str) -> None:
+def encode_video(
+    path: Path, frames: Sequence[np.ndarray], fps: int, codec: str, extra_options: dict | None = None
+) -> None:
     encoder, options = ENCODER_SETTINGS[codec]
+    options = {k: v for k, v in {**options, **(extra_options or {})}.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w") as out:
@@ -100,6 +105,16 @@ def encode_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str)
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        import shutil
+
+        shutil.copyfile(src, dst)
 
 
 def _numeric_stats(values: np.ndarray) -> dict:
@@ -160,12 +175,20 @@ def make_recording(
     shuffle_jsonl: bool = False,
     robot_type: str = "so101",
     seed: int = 0,
+    codebase_version: str = "v2.1",
+    timestamp_offset_frames: int = 0,
+    reuse_videos: bool = False,
 ) -> Path:
     """Write a v2.1 recording to ``out`` (created; must not exist or be empty) and return it.
 
     ``dorobot`` (default: True when ``mics`` are given) adds DoRobot's ``dorobot_dataset_version``,
     ``audio_path``/``image_path`` keys and its ``op_dataid.jsonl``/``common_record.json``.
     ``shuffle_jsonl`` writes the jsonl lines out of order, as DoRobot's async saver does.
+    ``codebase_version="v2.0"`` leaves out episodes_stats.jsonl (v2.0 had none);
+    ``timestamp_offset_frames`` starts timestamps at that many frame periods (GR00T starts at 1).
+    ``reuse_videos`` encodes each (camera, codec, size, length) once and hard-links that MP4 (and
+    reuses its stats) for later episodes of the same length: every file stays a valid episode
+    video, and a 2000-episode recording takes a minute instead of hours (the benchmark's recipe).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +221,7 @@ def make_recording(
         features[name] = {"dtype": dtype, "shape": [1], "names": None}
 
     hf_meta = _hf_features(state_dim, action_dim, extra_float_features).encode()
+    encoded: dict[tuple, tuple[Path, dict]] = {}  # reuse_videos: first MP4 and stats per key
     ep_lines, stat_lines = [], []
     global_index = 0
     for e, n in enumerate(lengths):
@@ -215,7 +239,7 @@ def make_recording(
         for name in extra_float_features:
             extra_values[name] = rng.normal(0, 1, size=n).astype(np.float32)
             columns[name] = pa.array(extra_values[name])
-        ts = (t / fps).astype(np.float32)
+        ts = ((t + timestamp_offset_frames) / fps).astype(np.float32)
         index = np.arange(global_index, global_index + n, dtype=np.int64)
         columns.update({
             "timestamp": pa.array(ts), "frame_index": pa.array(t.astype(np.int64)),
@@ -232,10 +256,16 @@ def make_recording(
             stats[name] = _numeric_stats(values)
         for c, cam in enumerate(cameras):
             spec = {"codec": cam.codec, "width": cam.width, "height": cam.height, **cam.overrides.get(e, {})}
-            frames = [camera_frame(spec["width"], spec["height"], e, k, c) for k in range(n)]
             vpath = out / LEROBOT_VIDEO_PATH.format(episode_chunk=chunk, video_key=cam.key, episode_index=e)
-            encode_video(vpath, frames, fps, spec["codec"])
+            reuse_key = (c, spec["codec"], spec["width"], spec["height"], n)
+            if reuse_videos and reuse_key in encoded:
+                first_path, stats[cam.key] = encoded[reuse_key]
+                _link_or_copy(first_path, vpath)
+                continue
+            frames = [camera_frame(spec["width"], spec["height"], e, k, c) for k in range(n)]
+            encode_video(vpath, frames, fps, spec["codec"], cam.encoder_options)
             stats[cam.key] = image_stats([frames[i] for i in sample_indices(n)])
+            encoded[reuse_key] = (vpath, stats[cam.key])
         for m, mic in enumerate(mics):
             if e in set(mic.missing_episodes):
                 continue
@@ -260,7 +290,7 @@ def make_recording(
         ep_lines = [ep_lines[i] for i in order]
         stat_lines = [stat_lines[i] for i in order]
 
-    info: dict = {"codebase_version": "v2.1"}
+    info: dict = {"codebase_version": codebase_version}
     if dorobot:
         info["dorobot_dataset_version"] = "v1.0"
     info.update({
@@ -283,7 +313,8 @@ def make_recording(
         "".join(json.dumps({"task_index": i, "task": s}) + "\n" for i, s in enumerate(tasks))
     )
     (meta / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ep_lines))
-    (meta / "episodes_stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stat_lines))
+    if codebase_version != "v2.0":  # v2.0 had no per-episode stats
+        (meta / "episodes_stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stat_lines))
     if dorobot:
         (meta / "op_dataid.jsonl").write_text(
             "".join(json.dumps({"episode_index": e, "dataid": f"{100 + e // 2:03d}"}) + "\n" for e in range(episodes))

@@ -460,6 +460,15 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
             f"(episodes {absent[:10]}{'...' if len(absent) > 10 else ''}){hint}",
         )
 
+    if audio_keys:
+        # An unreadable WAV must stop every asset before it writes, not only the audio one.
+        from dorobot_assets.lib.audio import read_wav_header  # lib.audio imports this module
+
+        for ep in episodes:
+            for path in ep.audio_paths.values():
+                if path.is_file():  # a missing WAV is allowed: its episode gets null audio columns
+                    read_wav_header(path)
+
     notes.extend(_quirk_notes(info, features, episodes, len(tasks), chunks_size))
 
     assert schema0 is not None

@@ -70,6 +70,7 @@ def build_info(
     audio_file_size_mb: float | None = None,
     audio_features_info: dict[str, dict] | None = None,
     dropped_features: tuple[str, ...] = (),
+    video_features_info: dict[str, dict] | None = None,
 ) -> dict:
     """The v3.0 info.json from the v2.1 one (reference notes §2.1).
 
@@ -113,6 +114,9 @@ def build_info(
             if "info" not in feat and "video_info" in feat:
                 # v1.6-era ports (GR00T) call it video_info; v3.0 readers look for info.
                 feat["info"] = feat.pop("video_info")
+            if video_features_info and name in video_features_info:
+                # re-encoded videos: the codec written, not the source's
+                feat["info"] = {**feat.get("info", {}), **video_features_info[name]}
         elif feat.get("dtype") == "audio":
             if audio_features_info and name in audio_features_info:
                 feat["info"] = {**feat.get("info", {}), **audio_features_info[name]}

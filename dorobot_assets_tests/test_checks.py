@@ -1,0 +1,128 @@
+"""defs/checks.py: the registered checks as Dagster asset checks. Error-severity checks block, so a
+conversion whose output is broken does not publish meta/info.json."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dorobot_assets import cli
+from dorobot_assets.defs.assets import dataset_stats, episodes, info
+from dorobot_assets.defs.checks import conversion_checks
+from dorobot_assets.defs.partitions import recordings
+from dorobot_assets.defs.resources import ConversionResource, StorageResource
+from dorobot_assets.definitions import defs
+from dorobot_assets.lib import validate
+from dorobot_assets.lib.keys import sanitize_key
+
+
+def test_every_registered_check_is_an_asset_check_on_its_asset_blocking_when_an_error():
+    specs = {(s.asset, s.name): s for s in validate.registered_checks()}
+    found = {}
+    for checks_def in defs.asset_checks:
+        for spec in checks_def.check_specs:
+            found[(spec.asset_key.to_user_string(), spec.key.name)] = spec.blocking
+    for spec in info.check_specs:  # run inside the info asset, before it writes
+        found[("info", spec.key.name)] = spec.blocking
+    expected = {key: s.severity == validate.ERROR for key, s in specs.items() if not s.deep}
+    assert found == expected
+    assert ("videos", "video_pts_alignment") not in found  # deep: validate --deep only
+    assert {asset for asset, _ in found} == {"tasks", "data", "videos", "audio", "episodes", "dataset_stats", "info"}
+
+
+def _broken_frame_index_recording(make_sample) -> Path:
+    """A v2.1 recording the reader accepts (it checks index, episode_index and task_index) whose
+    episode 1 counts frame_index from 1: converted as is, its data is broken."""
+    source = make_sample("frames_from_one", lengths=[12, 10, 11])
+    path = source / "data/chunk-000/episode_000001.parquet"
+    table = pq.read_table(path)
+    i = table.column_names.index("frame_index")
+    shifted = pa.array([v + 1 for v in table.column(i).to_pylist()], pa.int64())
+    pq.write_table(table.set_column(i, table.field(i), shifted), path)
+    return source
+
+
+def test_convert_reports_the_failed_blocking_check_and_publishes_no_info_json(make_sample, tmp_path, capsys):
+    source = _broken_frame_index_recording(make_sample)
+    out = tmp_path / "out"
+    assert cli.main(["convert", str(source), str(out), "--stats", "copy"]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        "failed: check data_frame_index on data failed: 10 rows break the 0,1,2,... frame_index sequence of "
+        "their episode; first: row 12 (episode 1) has frame_index 1, expected 0"
+    )
+    assert (out / "data/chunk-000/file-000.parquet").exists()  # written, then stopped by the check
+    assert not (out / "meta/info.json").exists()
+    assert not (out / "meta/episodes").exists()  # downstream of data: never ran
+
+
+def _copy_conversion(converted_sample, tmp_path) -> tuple[dict, str]:
+    """A private copy of the session's conversion (recording, dataset, work folder) and the
+    resources and partition key to re-run its assets."""
+    for name in ("source", "dataset", "work"):
+        shutil.copytree(getattr(converted_sample, name), tmp_path / name)
+    resources = {
+        "storage": StorageResource(recording_dir=str(tmp_path / "source"), dataset_dir=str(tmp_path / "dataset"),
+                                   work=str(tmp_path / "work")),
+        "conversion": ConversionResource(data_file_size_mb=0.005, video_file_size_mb=0.025, audio_file_size_mb=0.05),
+    }
+    return resources, sanitize_key(converted_sample.source.name)
+
+
+def _materialize(assets, resources, key):
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(recordings.name, [key])
+    asset_keys = {a.key for a in assets}
+    checks = [c for c in conversion_checks if {s.asset_key for s in c.check_specs} <= asset_keys]
+    return dg.materialize([*assets, *checks], partition_key=key, instance=instance, resources=resources,
+                          raise_on_error=False)
+
+
+def test_a_broken_manifest_between_steps_blocks_and_withdraws_info_json(converted_sample, tmp_path):
+    resources, key = _copy_conversion(converted_sample, tmp_path)
+    dataset = tmp_path / "dataset"
+    assert (dataset / "meta/info.json").exists()
+    # The data placements handed to the episodes asset say episode 2 starts one row late.
+    manifest = tmp_path / "work" / key / "manifests/data.parquet"
+    table = pq.read_table(manifest)
+    i = table.column_names.index("dataset_from_index")
+    table = table.set_column(i, table.field(i), pa.array([0, 24, 45, 66], pa.int64()))
+    pq.write_table(table, manifest)
+
+    result = _materialize([episodes, dataset_stats, info], resources, key)
+
+    assert not result.success
+    assert not (dataset / "meta/info.json").exists()
+    materialized = {e.asset_key.to_user_string() for e in result.all_events if e.is_step_materialization}
+    assert materialized == {"episodes"}
+    evaluations = {ev.check_name: ev for ev in result.get_asset_check_evaluations()}
+    rows = evaluations["episodes_data_rows"]
+    assert not rows.passed and rows.severity == dg.AssetCheckSeverity.ERROR
+    assert rows.description == ("1 episodes disagree with the data rows; episode 2 claims rows 45..66, the data has "
+                                "22 rows in 44..66")
+    assert rows.metadata["offending_episodes"].value == 1
+    table_md = rows.metadata["offending"].value
+    assert table_md.splitlines()[0] == "| episode_index | dataset_from_index | dataset_to_index | data_from | data_to | data_rows |"
+    assert table_md.splitlines()[2] == "| 2 | 45 | 66 | 44 | 66 | 22 |"
+    assert evaluations["episodes_index"].passed and evaluations["episodes_files_exist"].passed
+    assert "stats_order" not in evaluations  # dataset_stats never ran
+
+
+def test_a_stray_data_file_fails_the_info_checks_before_info_json_is_written(converted_sample, tmp_path):
+    resources, key = _copy_conversion(converted_sample, tmp_path)
+    dataset = tmp_path / "dataset"
+    # LeRobot's reader loads every data/*/*.parquet: this file would add 40 rows to the dataset.
+    shutil.copyfile(dataset / "data/chunk-000/file-001.parquet", dataset / "data/chunk-000/stray.parquet")
+
+    result = _materialize([info], resources, key)
+
+    assert not result.success
+    assert not (dataset / "meta/info.json").exists()  # the earlier one is withdrawn, no new one written
+    evaluations = {ev.check_name: ev for ev in result.get_asset_check_evaluations()}
+    totals = evaluations["info_totals"]
+    assert totals.asset_key == dg.AssetKey("info") and not totals.passed
+    assert totals.description == "1 totals differ from the files; total_frames is 84 in meta/info.json, 124 on disk"
+    assert evaluations["info_version"].passed and evaluations["info_paths"].passed
