@@ -99,9 +99,10 @@ class Service:
                 pytest.fail(f"no {what} within {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(interval)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """Send ``sig`` to the process; its exit code, or None if it did not exit in time."""
-        if self.running():
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """Send ``sig`` (None: send nothing) to the process; its exit code, or None if it did
+        not exit in time."""
+        if sig is not None and self.running():
             os.kill(self.pid, sig)
         try:
             return self.proc.wait(timeout)
@@ -111,6 +112,26 @@ class Service:
     def leftovers(self) -> set[int]:
         """Processes of this service's session still running (none after a clean stop)."""
         return session_members(self.pid)
+
+    def all_gone(self, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """Wait until nothing of this service's session runs (a code server that lost its
+        daemon exits at its next missed heartbeat, up to 20 s later)."""
+        deadline = time.monotonic() + timeout
+        while self.leftovers():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
+
+    def describe_leftovers(self) -> str:
+        lines = []
+        for pid in sorted(self.leftovers()):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            except OSError:
+                continue
+            lines.append(f"{pid}: {cmd}")
+        return "\n".join(lines)
 
     def kill_leftovers(self) -> None:
         """Last-resort cleanup after a failed test: the session this service was started in."""

@@ -105,7 +105,8 @@ def test_a_broken_manifest_between_steps_blocks_and_withdraws_info_json(converte
                                 "22 rows in 44..66")
     assert rows.metadata["offending_episodes"].value == 1
     table_md = rows.metadata["offending"].value
-    assert table_md.splitlines()[0] == "| episode_index | dataset_from_index | dataset_to_index | data_from | data_to | data_rows |"
+    assert table_md.splitlines()[0] == (
+        "| episode_index | dataset_from_index | dataset_to_index | data_from | data_to | data_rows |")
     assert table_md.splitlines()[2] == "| 2 | 45 | 66 | 44 | 66 | 22 |"
     assert evaluations["episodes_index"].passed and evaluations["episodes_files_exist"].passed
     assert "stats_order" not in evaluations  # dataset_stats never ran

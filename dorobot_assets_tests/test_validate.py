@@ -126,7 +126,8 @@ def test_a_missing_input_fails_the_check_naming_the_file(dataset):
 def test_tasks_index_fails_when_rows_are_out_of_order(dataset):
     rewrite(dataset / "meta/tasks.parquet", lambda t: t.take([1, 0]))
     result = check("tasks_index", dataset)
-    assert_fails(result, "tasks_index", "2 of 2 task rows are out of task_index order; row 0 has task_index 1, expected 0")
+    assert_fails(result, "tasks_index",
+                 "2 of 2 task rows are out of task_index order; row 0 has task_index 1, expected 0")
     assert result.counts == {"tasks": 2, "offending_rows": 2}
 
 
@@ -173,7 +174,8 @@ def test_data_frame_index_fails_when_a_row_is_dropped(dataset):
 
 def test_data_timestamps_warns_on_a_stretched_episode(dataset):
     def stretch(t):
-        ts = [v * 1.01 if e == 1 else v for v, e in zip(t.column("timestamp").to_pylist(), t.column("episode_index").to_pylist())]
+        pairs = zip(t.column("timestamp").to_pylist(), t.column("episode_index").to_pylist())
+        ts = [v * 1.01 if e == 1 else v for v, e in pairs]
         return replace_column(t, "timestamp", ts)
 
     rewrite(dataset / DATA_0, stretch)
@@ -181,8 +183,8 @@ def test_data_timestamps_warns_on_a_stretched_episode(dataset):
     assert [r.name for r in results if not r.passed] == ["data_timestamps"]
     result = results[[r.name for r in results].index("data_timestamps")]
     assert result.severity == validate.WARNING and validate.is_valid(results)
-    assert "19 of 84 rows have timestamp off frame_index / fps by more than 0.0001 s; first: row 25 (episode 1, frame 1)" \
-        in result.description
+    assert ("19 of 84 rows have timestamp off frame_index / fps by more than 0.0001 s; "
+            "first: row 25 (episode 1, frame 1)") in result.description
 
 
 def test_data_task_index_fails_on_an_unknown_task(dataset):
@@ -190,7 +192,8 @@ def test_data_task_index_fails_on_an_unknown_task(dataset):
         t.column("task_index").to_pylist(), t.column("episode_index").to_pylist())]))
     result = check("data_task_index", dataset)
     assert_fails(result, "data_task_index",
-                 "18 rows use task_index values missing from meta/tasks.parquet (2 tasks): 5; first at row 66 (episode 3)")
+                 "18 rows use task_index values missing from meta/tasks.parquet (2 tasks): 5; "
+                 "first at row 66 (episode 3)")
 
 
 def test_data_columns_fails_on_an_undeclared_and_a_missing_column(dataset):
@@ -251,13 +254,15 @@ def test_episodes_data_file_fails_when_pointing_at_another_file(dataset):
     rewrite(dataset / EPISODES, lambda t: replace_column(t, "data/file_index", [0, 1, 1, 1]))
     result = check("episodes_data_file", dataset)
     assert_fails(result, "episodes_data_file", "1 episodes are not (all) in their data file; episode 1: "
-                 "data/chunk-000/file-001.parquet holds 0 of its 20 rows; its rows are in data/chunk-000/file-000.parquet")
+                 "data/chunk-000/file-001.parquet holds 0 of its 20 rows; "
+                 "its rows are in data/chunk-000/file-000.parquet")
 
 
 def test_episodes_files_exist_fails_on_a_deleted_video(dataset):
     (dataset / VIDEO_1).unlink()
     result = check("episodes_files_exist", dataset)
-    assert_fails(result, "episodes_files_exist", f"1 referenced files are missing; {VIDEO_1} (first referenced by episode 2)")
+    assert_fails(result, "episodes_files_exist",
+                 f"1 referenced files are missing; {VIDEO_1} (first referenced by episode 2)")
     assert result.offending == [{"kind": "videos", "key": CAMERA, "episode_index": 2, "path": VIDEO_1}]
 
 
@@ -390,12 +395,14 @@ def test_info_version_fails_on_v21(dataset):
 def test_info_totals_fails_on_a_stale_total(dataset):
     edit_json(dataset / "meta/info.json", lambda info: info.update(total_frames=85))
     result = check("info_totals", dataset)
-    assert_fails(result, "info_totals", "1 totals differ from the files; total_frames is 85 in meta/info.json, 84 on disk")
+    assert_fails(result, "info_totals",
+                 "1 totals differ from the files; total_frames is 85 in meta/info.json, 84 on disk")
     assert result.offending == [{"key": "total_frames", "info": 85, "on_disk": 84}]
 
 
 @pytest.mark.parametrize("template, fault", [
-    ("../outside/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "'../outside/chunk-000/file-000.parquet' leaves the dataset"),
+    ("../outside/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+     "'../outside/chunk-000/file-000.parquet' leaves the dataset"),
     ("data/chunk-{chunk_index:03d}/file.parquet", "fields ['chunk_index'], expected ['chunk_index', 'file_index']"),
 ])
 def test_info_paths_fails_on_a_bad_data_path(dataset, template, fault):

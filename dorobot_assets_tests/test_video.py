@@ -270,6 +270,8 @@ def test_a_dropped_camera_gets_no_columns_and_no_files(make_sample, tmp_path):
     out = tmp_path / "ds"
     result = write_videos(rec, out, ConversionSettings())
     assert result.dropped_cameras == [WRIST]
+    assert result.notes == [f"camera '{WRIST}' is declared in info.json but has no mp4 files: left out of the "
+                            "output (missing_cameras=drop)"]
     assert result.placements.column_names == [
         "episode_index", f"videos/{TOP}/chunk_index", f"videos/{TOP}/file_index",
         f"videos/{TOP}/from_timestamp", f"videos/{TOP}/to_timestamp",

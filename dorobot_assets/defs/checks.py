@@ -39,7 +39,9 @@ def _pending_episodes(rec, work, asset: str) -> pa.Table:
     )
 
 
-def conversion_view(storage: StorageResource, conversion: ConversionResource, key: str, asset: str) -> validate.DatasetView:
+def conversion_view(
+    storage: StorageResource, conversion: ConversionResource, key: str, asset: str
+) -> validate.DatasetView:
     """The dataset as a check sees it mid-conversion: pending info, and for the videos/audio
     assets the placements they just wrote instead of a not yet (re)written meta/episodes."""
     from dorobot_assets.defs.assets import load_recording  # assets imports this module
@@ -55,39 +57,54 @@ def conversion_view(storage: StorageResource, conversion: ConversionResource, ke
     return validate.DatasetView(root=root, info=info, source=rec.root, work=work, pending_episodes=pending)
 
 
-def to_check_result(result: validate.CheckResult, *, with_keys: bool = False) -> dg.AssetCheckResult:
+def _severity(severity: str) -> dg.AssetCheckSeverity:
+    return dg.AssetCheckSeverity.ERROR if severity == validate.ERROR else dg.AssetCheckSeverity.WARN
+
+
+def to_check_result(result: validate.CheckResult) -> dg.AssetCheckResult:
+    """Counts as metadata, offending rows as a markdown table (shown in the UI)."""
     metadata: dict = {**result.counts, "applicable": result.applicable}
     if result.offending:
         metadata["offending"] = dg.MetadataValue.md(validate.offending_markdown(result.offending))
-    severity = dg.AssetCheckSeverity.ERROR if result.severity == validate.ERROR else dg.AssetCheckSeverity.WARN
-    keys = {"asset_key": dg.AssetKey(result.asset), "check_name": result.name} if with_keys else {}
     return dg.AssetCheckResult(
-        passed=result.passed, severity=severity, description=result.description, metadata=metadata, **keys
+        asset_key=dg.AssetKey(result.asset), check_name=result.name, passed=result.passed,
+        severity=_severity(result.severity), description=result.description, metadata=metadata,
     )
 
 
-def _asset_check(spec: validate.CheckSpec) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        name=spec.name,
-        asset=spec.asset,
-        partitions_def=recordings,
-        blocking=spec.severity == validate.ERROR,
-        description=spec.description,
-        additional_deps=list(spec.needs) or None,
-    )
-    def _check(
-        context: dg.AssetCheckExecutionContext, storage: StorageResource, conversion: ConversionResource
-    ) -> dg.AssetCheckResult:
-        try:
-            view = conversion_view(storage, conversion, context.partition_key, spec.asset)
-        except DorobotError as e:  # e.g. a manifest made from another version of the recording
-            return dg.AssetCheckResult(
-                passed=False, description=f"cannot inspect the output: {e}",
-                severity=dg.AssetCheckSeverity.ERROR if spec.severity == validate.ERROR else dg.AssetCheckSeverity.WARN,
+def _asset_checks(asset: str, specs: list[validate.CheckSpec]) -> dg.AssetChecksDefinition:
+    """One step runs all checks of an asset (each its own DuckDB connection): a step per check
+    would cost a process start per check under the multiprocess executor."""
+
+    @dg.multi_asset_check(
+        name=f"{asset}_checks",
+        specs=[
+            dg.AssetCheckSpec(
+                name=s.name, asset=asset, description=s.description, blocking=s.severity == validate.ERROR,
+                additional_deps=list(s.needs), partitions_def=recordings,
             )
-        return to_check_result(validate.run_check(spec, view))
+            for s in specs
+        ],
+        can_subset=True,
+    )
+    def _checks(
+        context: dg.AssetCheckExecutionContext, storage: StorageResource, conversion: ConversionResource
+    ) -> Iterator[dg.AssetCheckResult]:
+        chosen = {k.name for k in context.selected_asset_check_keys}
+        selected = [s for s in specs if s.name in chosen]
+        try:
+            view = conversion_view(storage, conversion, context.partition_key, asset)
+        except DorobotError as e:  # e.g. a manifest made from another version of the recording
+            for spec in selected:
+                yield dg.AssetCheckResult(
+                    asset_key=dg.AssetKey(asset), check_name=spec.name, passed=False,
+                    severity=_severity(spec.severity), description=f"cannot inspect the output: {e}",
+                )
+            return
+        for spec in selected:
+            yield to_check_result(validate.run_check(spec, view))
 
-    return _check
+    return _checks
 
 
 def _specs(*, info: bool) -> list[validate.CheckSpec]:
@@ -95,7 +112,10 @@ def _specs(*, info: bool) -> list[validate.CheckSpec]:
 
 
 def build_asset_checks() -> list[dg.AssetChecksDefinition]:
-    return [_asset_check(spec) for spec in _specs(info=False)]
+    by_asset: dict[str, list[validate.CheckSpec]] = {}
+    for spec in _specs(info=False):
+        by_asset.setdefault(spec.asset, []).append(spec)
+    return [_asset_checks(asset, specs) for asset, specs in by_asset.items()]
 
 
 def info_check_specs() -> list[dg.AssetCheckSpec]:
@@ -113,13 +133,12 @@ def info_check_results(view: validate.DatasetView) -> Iterator[dg.AssetCheckResu
     reporting them, so the info asset writes nothing."""
     results = [validate.run_check(spec, view) for spec in _specs(info=True)]
     for result in results:
-        yield to_check_result(result, with_keys=True)
+        yield to_check_result(result)
     errors = [r for r in results if r.is_error]
     if errors:
         (view.root / INFO_PATH).unlink(missing_ok=True)
-        raise dg.Failure(
-            description="meta/info.json not written: " + "; ".join(f"check {r.name} failed: {r.description}" for r in errors)
-        )
+        faults = "; ".join(f"check {r.name} failed: {r.description}" for r in errors)
+        raise dg.Failure(description=f"meta/info.json not written: {faults}")
 
 
 conversion_checks = build_asset_checks()

@@ -153,7 +153,8 @@ class DatasetView:
     @property
     def column_features(self) -> list[str]:
         """Features stored as data columns: everything but videos (mp4) and DoRobot audio (wav)."""
-        return [k for k, f in self.features.items() if not (isinstance(f, dict) and f.get("dtype") in ("video", "audio"))]
+        return [k for k, f in self.features.items()
+                if not (isinstance(f, dict) and f.get("dtype") in ("video", "audio"))]
 
     def template(self, key: str, default: str) -> str:
         value = self.info.get(key)
@@ -235,7 +236,8 @@ class DatasetView:
     def _register_episodes(self, con) -> None:
         if self.pending_episodes is not None:
             table = self.pending_episodes
-            con.register("_pending_episodes", table.append_column("ep_row", pa.array(range(table.num_rows), pa.int64())))
+            rows = pa.array(range(table.num_rows), pa.int64())
+            con.register("_pending_episodes", table.append_column("ep_row", rows))
             con.execute("CREATE VIEW episodes AS SELECT * FROM _pending_episodes")
             return
         files = self.episodes_files()
@@ -387,7 +389,8 @@ def passed(description: str, counts: dict | None = None) -> CheckResult:
 
 
 def failed(description: str, counts: dict | None = None, offending: list[dict] | None = None) -> CheckResult:
-    return CheckResult("", False, "", description, counts=dict(counts or {}), offending=list(offending or [])[:MAX_OFFENDING])
+    return CheckResult("", False, "", description, counts=dict(counts or {}),
+                       offending=list(offending or [])[:MAX_OFFENDING])
 
 
 def not_applicable(description: str) -> CheckResult:
@@ -459,7 +462,7 @@ def tasks_pandas_index(view: DatasetView) -> CheckResult:
     meta = pandas_metadata(con, path)
     columns = {r[0]: r[1] for r in con.execute(f"SELECT name, type FROM parquet_schema({_sql_str(path)})").fetchall()}
     if meta is None:
-        return failed(f"{TASKS_PATH} has no pandas metadata: pandas reads back a RangeIndex instead of the task strings",
+        return failed(f"{TASKS_PATH} has no pandas metadata: pandas reads back a RangeIndex instead of the tasks",
                       offending=[{"file": TASKS_PATH, "pandas_metadata": None}])
     index_columns = meta.get("index_columns") or []
     named = [c for c in index_columns if isinstance(c, str)]
@@ -486,7 +489,8 @@ def data_index(view: DatasetView) -> CheckResult:
     con = view.connect(data=True)
     if _require_columns(view, con, "data", ["index"]):
         return failed("the data files have no index column", offending=[{"missing_column": "index"}])
-    n, bad = con.execute('SELECT count(*), count(*) FILTER (WHERE "index" IS DISTINCT FROM row_pos) FROM data').fetchone()
+    n, bad = con.execute(
+        'SELECT count(*), count(*) FILTER (WHERE "index" IS DISTINCT FROM row_pos) FROM data').fetchone()
     counts = {"rows": n, "offending_rows": bad}
     if bad:
         rows, names = _query(con, f"""
@@ -589,8 +593,8 @@ def data_task_index(view: DatasetView) -> CheckResult:
 
 
 @check("data_columns", "data", ERROR,
-       "Every data file's columns are exactly the non-video features of info.json (LeRobot's "
-       "reader fails on an undeclared column and on a missing one).")
+       "Every data file's columns are exactly the features of info.json that are not video or audio "
+       "(LeRobot's reader fails on an undeclared column and on a missing one).")
 def data_columns(view: DatasetView) -> CheckResult:
     files = view.data_files()
     if not files:
@@ -608,7 +612,8 @@ def data_columns(view: DatasetView) -> CheckResult:
     counts = {"files": len(files), "features": len(expected), "offending_files": len(offending)}
     if offending:
         o = offending[0]
-        parts = [f"missing {o['missing']}" if o["missing"] else "", f"undeclared {o['undeclared']}" if o["undeclared"] else ""]
+        parts = [f"missing {o['missing']}" if o["missing"] else "",
+                 f"undeclared {o['undeclared']}" if o["undeclared"] else ""]
         return failed(f"{len(offending)} of {len(files)} data files do not have exactly the declared columns; "
                       f"{o['file']}: " + "; ".join(p for p in parts if p), counts, offending)
     return passed(f"{len(files)} data files hold exactly the {len(expected)} declared columns", counts)
@@ -624,7 +629,8 @@ def data_file_size(view: DatasetView) -> CheckResult:
         WITH sizes AS (
             SELECT file_name, sum(total_uncompressed_size) / {MB} AS megabytes
             FROM parquet_metadata({_sql_list(view.data_files())}) GROUP BY file_name),
-        eps AS (SELECT _file, any_value(data_file) AS file, count(DISTINCT episode_index) AS episodes FROM data GROUP BY _file)
+        eps AS (SELECT _file, any_value(data_file) AS file, count(DISTINCT episode_index) AS episodes
+                FROM data GROUP BY _file)
         SELECT e.file, round(s.megabytes, 6) AS megabytes, e.episodes FROM eps e JOIN sizes s ON s.file_name = e._file
         ORDER BY e.file""")
     bad = [r for r in rows if r[1] > limit and r[2] > 1]
@@ -678,7 +684,8 @@ def episodes_data_rows(view: DatasetView) -> CheckResult:
         if r["dataset_from_index"] is None:
             why = f"episode {r['episode_index']} has {r['data_rows']} data rows but no row in meta/episodes"
         elif r["data_rows"] is None:
-            why = f"episode {r['episode_index']} has no data rows (meta/episodes says {r['dataset_from_index']}..{r['dataset_to_index']})"
+            why = (f"episode {r['episode_index']} has no data rows "
+                   f"(meta/episodes says {r['dataset_from_index']}..{r['dataset_to_index']})")
         else:
             why = (f"episode {r['episode_index']} claims rows {r['dataset_from_index']}..{r['dataset_to_index']}, "
                    f"the data has {r['data_rows']} rows in {r['data_from']}..{r['data_to']}")
@@ -707,7 +714,8 @@ def _expected_data_files(view: DatasetView, con) -> pa.Table:
         'SELECT episode_index, "data/chunk_index", "data/file_index" FROM episodes ORDER BY ep_row').fetchall()
     return pa.table({
         "episode_index": pa.array([e for e, _, _ in eps], pa.int64()),
-        "expected_file": pa.array([view.file_path("data_path", DATA_PATH, chunk_index=c, file_index=f) for _, c, f in eps]),
+        "expected_file": pa.array(
+            [view.file_path("data_path", DATA_PATH, chunk_index=c, file_index=f) for _, c, f in eps]),
     })
 
 
@@ -721,10 +729,11 @@ def episodes_data_file(view: DatasetView) -> CheckResult:
         WITH d AS (SELECT episode_index, data_file, count(*) AS rows FROM data GROUP BY ALL),
         found AS (SELECT x.episode_index, x.expected_file,
                          coalesce(sum(d.rows) FILTER (WHERE d.data_file = x.expected_file), 0) AS rows_in_file,
-                         string_agg(d.data_file, ', ' ORDER BY d.data_file) FILTER (WHERE d.data_file <> x.expected_file) AS other_files
+                         string_agg(d.data_file, ', ' ORDER BY d.data_file)
+                             FILTER (WHERE d.data_file <> x.expected_file) AS other_files
                   FROM expected x LEFT JOIN d ON d.episode_index = x.episode_index GROUP BY ALL)
-        SELECT f.episode_index, f.expected_file, f.rows_in_file, e.dataset_to_index - e.dataset_from_index AS expected_rows,
-               f.other_files
+        SELECT f.episode_index, f.expected_file, f.rows_in_file,
+               e.dataset_to_index - e.dataset_from_index AS expected_rows, f.other_files
         FROM found f JOIN episodes e USING (episode_index)
         WHERE f.rows_in_file <> e.dataset_to_index - e.dataset_from_index OR f.other_files IS NOT NULL
         ORDER BY 1""")
@@ -849,7 +858,8 @@ def video_timestamps(view: DatasetView) -> CheckResult:
     if offending:
         o = offending[0]
         if "span_s" in o:
-            why = (f"{o['video_key']} episode {o['episode_index']}: {o['from_timestamp']:.6f}..{o['to_timestamp']:.6f} s "
+            why = (f"{o['video_key']} episode {o['episode_index']}: "
+                   f"{o['from_timestamp']:.6f}..{o['to_timestamp']:.6f} s "
                    f"spans {o['span_s']:.6f} s, {o['expected_s']:.6f} s expected ({1 / fps:.6f} s per frame)")
         else:
             why = f"{o['video_key']} episode {o['episode_index']}: {o['fault']}"
@@ -880,7 +890,8 @@ def video_frame_count(view: DatasetView) -> CheckResult:
     for key in keys:
         placed = _video_placements(view, con, key)
         if placed is None:
-            offending.append({"video_key": key, "episode_index": None, "file": None, "fault": "placement columns missing"})
+            offending.append({"video_key": key, "episode_index": None, "file": None,
+                              "fault": "placement columns missing"})
             continue
         for (chunk, file_), members in _group_by_file(placed).items():
             rel, path = _open_video(view, key, chunk, file_)
@@ -980,7 +991,8 @@ def _media_file_sizes(view: DatasetView, con, prefix: str, keys: list[str], temp
             f"SELECT {q(chunk_col)}, {q(file_col)}, count(*) FROM episodes WHERE {q(file_col)} IS NOT NULL "
             f"GROUP BY ALL ORDER BY 1, 2"
         ).fetchall():
-            rel = view.file_path(template_key, default, **{field_name: key, "chunk_index": int(chunk), "file_index": int(file_)})
+            fields = {field_name: key, "chunk_index": int(chunk), "file_index": int(file_)}
+            rel = view.file_path(template_key, default, **fields)
             path = resolve_inside(view.root, rel)
             if path.is_file():
                 out.append({"file": rel, "megabytes": round(path.stat().st_size / MB, 6), "episodes": int(episodes)})
@@ -1231,7 +1243,8 @@ def _global_vs_episodes(view: DatasetView, stat: str, expected_fn, what: str) ->
     if offending:
         o = offending[0]
         return failed(f"{len(offending)} features have a global {stat} that is not {what}; {o['feature']} element "
-                      f"{o['element']}: {STATS_PATH} has {o['stats_json']}, expected {o['expected']}", counts, offending)
+                      f"{o['element']}: {STATS_PATH} has {o['stats_json']}, expected {o['expected']}",
+                      counts, offending)
     return passed(f"global {stat} is {what} for {compared} features", counts)
 
 
@@ -1383,7 +1396,8 @@ def format_report(results: list[CheckResult], root: Path | str | None = None) ->
     asset_width = max([len(r.asset) for r in results] + [5])
     lines.append(f"{'status':<6}  {'check':<{width}}  {'asset':<{asset_width}}  {'severity':<8}  result")
     for r in results:
-        lines.append(f"{status_word(r):<6}  {r.name:<{width}}  {r.asset:<{asset_width}}  {r.severity:<8}  {r.description}")
+        lines.append(f"{status_word(r):<6}  {r.name:<{width}}  {r.asset:<{asset_width}}  {r.severity:<8}  "
+                     f"{r.description}")
         if not r.passed:
             for row in r.offending:
                 lines.append(" " * 10 + ", ".join(f"{k}={v}" for k, v in row.items()))
@@ -1422,10 +1436,3 @@ def offending_markdown(rows: list[dict]) -> str:
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
-
-__all__ = [
-    "ERROR", "WARNING", "CHECKS", "CHECK_MODULES", "CheckResult", "CheckSpec", "DatasetView", "DatasetUnreadable",
-    "MissingInput", "check", "failed", "find_check", "format_report", "is_valid", "not_applicable",
-    "offending_markdown", "passed", "registered_checks", "results_to_json", "run_check", "run_checks",
-    "validate_dataset",
-]

@@ -468,6 +468,9 @@ def write_videos(
                 notes.append(f"camera {k!r}: re-encoded episodes differ ({codecs}, {pix_fmts}); "
                              "info.json keeps the source's video.codec")
     video_features = [k for k in rec.dropped_features if rec.info.get("features", {}).get(k, {}).get("dtype") == "video"]
+    for k in video_features:
+        notes.append(f"camera {k!r} is declared in info.json but has no mp4 files: left out of the output "
+                     "(missing_cameras=drop)")
     return VideoResult(
         placements=pa.table(columns),
         files=files,
