@@ -7,7 +7,9 @@ is written. Format facts: reference notes §1 (v2.1) and the DoRobot section.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dorobot_assets.lib.errors import RecordingError
-from dorobot_assets.lib.fsutil import stat_fingerprint, tree_files
+from dorobot_assets.lib.fsutil import TMP_MARKER, stat_fingerprint
 from dorobot_assets.lib.v30 import resolve_inside
 
 INFO_FILE = "meta/info.json"
@@ -97,6 +99,8 @@ class Recording:
     dorobot_meta_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # quirks handled while reading
     dropped_features: list[str] = field(default_factory=list)  # declared, but left out of the output
+    # recording_fingerprint of the files this model was read from; set once (see fingerprint())
+    source_fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_dorobot(self) -> bool:
@@ -119,16 +123,35 @@ class Recording:
         return sum(e.length for e in self.episodes)
 
     def fingerprint(self) -> str:
-        """Changes whenever any file of the recording is added, removed, resized or touched."""
-        return recording_fingerprint(self.root)
+        """The fingerprint of the files as this model was read: it differs from a later
+        ``recording_fingerprint(root)`` whenever a file was added, removed, resized or touched
+        since. Computed once per model (a stat walk of a 6000-file recording costs ~0.1 s, and
+        every asset asks several times)."""
+        if self.source_fingerprint is None:
+            self.source_fingerprint = recording_fingerprint(self.root)
+        return self.source_fingerprint
 
     def episode_fingerprint(self, episode_index: int) -> str:
         return stat_fingerprint(self.episodes[episode_index].source_files(), self.root)
 
 
 def recording_fingerprint(root: Path) -> str:
-    root = Path(root)
-    return stat_fingerprint(tree_files(root), root)
+    """Equal to ``stat_fingerprint(tree_files(root), root)`` (the inbox sensor computes it that
+    way), built from strings instead of a Path per file: 6x faster on a 6000-file recording."""
+    top = str(Path(root))
+    entries = []
+    for dirpath, _dirs, names in os.walk(top):
+        rel_dir = dirpath[len(top) + 1:]
+        for name in names:
+            if not name.startswith(TMP_MARKER):
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                entries.append((rel.split("/"), rel, os.path.join(dirpath, name)))
+    entries.sort(key=lambda e: e[0])  # Path order: part by part
+    h = hashlib.sha256()
+    for _parts, rel, full in entries:
+        st = os.stat(full)
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -562,10 +585,13 @@ def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, mis
             with open(cache, "rb") as f:
                 rec = pickle.load(f)
             if isinstance(rec, Recording) and rec.root == root:
+                rec.source_fingerprint = fp
                 return rec
         except Exception:  # a stale or foreign cache file is simply rebuilt
             pass
     rec = read_recording(root, missing_cameras=missing_cameras)
+    # Taken before the read: a file changed meanwhile shows as a mismatch at the next load.
+    rec.source_fingerprint = fp
     for old in Path(cache_dir).glob("recording-*.pickle"):
         old.unlink(missing_ok=True)
     with atomic_path(cache) as tmp:
