@@ -115,3 +115,13 @@ def test_gr00t_stats_are_computed_from_scratch_with_the_datasets_quantiles(gr00t
     assert stats["next.done"]["max"] == [1] and stats["timestamp"]["min"] == [0.0]
     assert stats[GR00T_CAMERA]["count"] == [500]  # 100 sampled frames of each 328..470-frame episode
     assert np.shape(stats[GR00T_CAMERA]["q50"]) == (3, 1, 1)
+
+
+def test_gr00t_output_passes_deep_validation_without_a_frame_index_column(gr00t):
+    from dorobot_assets.lib.validate import DatasetView, run_check
+
+    _, out, _ = gr00t
+    view = DatasetView.open(out)
+    result = run_check("video_pts_alignment", view)
+    assert result.passed, result.description
+    assert result.description.startswith("2096 frames align")

@@ -931,7 +931,11 @@ def video_pts_alignment(view: DatasetView) -> CheckResult:
     if not keys:
         return not_applicable("the dataset has no video features")
     con = view.connect(data=True, episodes=True)
-    rows = con.execute("SELECT episode_index, frame_index, timestamp FROM data ORDER BY row_pos").fetchnumpy()
+    # The frame's position in its episode (not the frame_index column: v2.0 ports may lack it).
+    rows = con.execute(
+        "SELECT episode_index, row_number() OVER (PARTITION BY episode_index ORDER BY row_pos) - 1 "
+        "AS frame_index, timestamp FROM data ORDER BY row_pos"
+    ).fetchnumpy()
     ep_col, frame_col, ts_col = rows["episode_index"], rows["frame_index"], rows["timestamp"].astype(np.float64)
     offending, checked, bad_total, unusable = [], 0, 0, 0
     for key in keys:
