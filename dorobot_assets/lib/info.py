@@ -48,18 +48,8 @@ def pending_info(
     )
 
 
-def write_info(
-    rec: Recording,
-    dataset_root: Path,
-    settings: ConversionSettings,
-    *,
-    audio_features_info: dict[str, dict] | None = None,
-    dropped_features: tuple[str, ...] = (),
-    video_features_info: dict[str, dict] | None = None,
-) -> dict:
-    info = pending_info(
-        rec, dataset_root, settings, audio_features_info=audio_features_info, dropped_features=dropped_features,
-        video_features_info=video_features_info,
-    )
+def write_info(rec: Recording, dataset_root: Path, settings: ConversionSettings, **placement_info) -> dict:
+    """Publish meta/info.json; ``placement_info`` are pending_info's keyword arguments."""
+    info = pending_info(rec, dataset_root, settings, **placement_info)
     write_json_atomic(Path(dataset_root) / INFO_PATH, info)
     return info

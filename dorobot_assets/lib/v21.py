@@ -284,18 +284,19 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
     audio_keys = sorted(k for k, f in features.items() if f.is_audio)
     sample = {"episode_chunk": 0, "episode_index": 0}
     _check_template(root, info_path, "data_path", info["data_path"], sample)
+    # Cameras and microphones each need their per-episode template, and it must stay inside.
+    for template_key, name_key, what, keys in (
+        ("video_path", "video_key", "cameras", video_keys),
+        ("audio_path", "audio_key", "microphones", audio_keys),
+    ):
+        if not keys:
+            continue
+        if not info.get(template_key):
+            raise _fail("bad_info", info_path, f"{what} {keys} are declared but {template_key} is null")
+        for k in keys:
+            _check_template(root, info_path, template_key, info[template_key], {**sample, name_key: k})
     video_template = info.get("video_path")
-    if video_keys:
-        if not video_template:
-            raise _fail("bad_info", info_path, f"cameras {video_keys} are declared but video_path is null")
-        for k in video_keys:
-            _check_template(root, info_path, "video_path", video_template, {**sample, "video_key": k})
     audio_template = info.get("audio_path")
-    if audio_keys:
-        if not audio_template:
-            raise _fail("bad_info", info_path, f"microphones {audio_keys} are declared but audio_path is null")
-        for k in audio_keys:
-            _check_template(root, info_path, "audio_path", audio_template, {**sample, "audio_key": k})
 
     # tasks.jsonl
     tasks_path = root / TASKS_FILE
