@@ -17,13 +17,10 @@ from dorobot_assets.lib.validate import (
     not_applicable,
     passed,
     q,
+    short_list,
 )
 
 LISTED = 20  # episode numbers named in a description
-
-
-def _listed(items: list[str]) -> str:
-    return ", ".join(items[:LISTED]) + (" ..." if len(items) > LISTED else "")
 
 
 @check(
@@ -48,7 +45,8 @@ def audio_wav_present(view: DatasetView) -> CheckResult:
         where = f"{q(column)} IS NULL" if column in columns else "TRUE"
         absent = [r[0] for r in con.execute(f"SELECT episode_index FROM episodes WHERE {where} ORDER BY ep_row").fetchall()]
         if absent:
-            parts.append(f"{key}: no WAV for episode{'s' if len(absent) > 1 else ''} {_listed([str(e) for e in absent])}")
+            episodes_named = short_list([str(e) for e in absent], LISTED)
+            parts.append(f"{key}: no WAV for episode{'s' if len(absent) > 1 else ''} {episodes_named}")
             offending.extend({"audio_key": key, "episode_index": e} for e in absent)
     con.close()
     counts = {"episodes": episodes, "microphones": len(keys), "missing": len(offending)}
@@ -93,7 +91,7 @@ def audio_duration_matches_episode(view: DatasetView) -> CheckResult:
             for e, a, s in bad
         )
         if bad:
-            parts.append(f"{key}: " + _listed([f"episode {e} ({a:.3f} s vs {s:.3f} s)" for e, a, s in bad]))
+            parts.append(f"{key}: " + short_list([f"episode {e} ({a:.3f} s vs {s:.3f} s)" for e, a, s in bad], LISTED))
     con.close()
     counts = {"compared": compared, "mismatched": len(offending)}
     if parts:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dorobot_assets.lib.stats import HISTOGRAM_BINS, STATS_PREFIX
+from dorobot_assets.lib.stats import HISTOGRAM_BINS
 from dorobot_assets.lib.v21 import EPISODES_STATS_FILE, NUMERIC_DTYPES
 from dorobot_assets.lib.v30 import QUANTILE_KEYS, QUANTILES, STATS_PATH
 from dorobot_assets.lib.validate import (
@@ -23,10 +23,13 @@ from dorobot_assets.lib.validate import (
     CheckResult,
     DatasetView,
     check,
+    episode_stats_columns,
     failed,
     not_applicable,
     passed,
     q,
+    read_json_object,
+    short_list,
 )
 
 LISTED = 10  # findings named in a description
@@ -43,13 +46,6 @@ NUMERIC_ATOL = 1e-6
 CAMERA_ATOL = 0.02
 NUMERIC_COMPARED = ("min", "max", "mean", "std")
 CAMERA_COMPARED = ("mean", "std")
-
-
-def _read_json(path: Path) -> dict:
-    value = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(value, dict):
-        raise ValueError(f"{path.name} is not a JSON object")
-    return value
 
 
 def _is_numeric(spec: dict) -> bool:
@@ -70,7 +66,7 @@ def stats_quantiles_exact(view: DatasetView) -> CheckResult:
     path = view.root / STATS_PATH
     if not path.is_file():
         return not_applicable(f"{STATS_PATH} is absent")
-    stats = _read_json(path)
+    stats = read_json_object(path, path.name)
     features = [
         name for name, spec in view.features.items()
         if _is_numeric(spec) and isinstance(stats.get(name), dict) and all(k in stats[name] for k in QUANTILE_KEYS)
@@ -132,15 +128,14 @@ def _source_stats(source: Path) -> dict[int, dict]:
 def _dataset_episode_stats(view: DatasetView) -> dict[int, dict[str, dict[str, object]]]:
     con = view.connect(episodes=True)
     try:
-        names = [c for c in view.columns(con, "episodes") if c.startswith(STATS_PREFIX)]
-        if not names:
+        columns = episode_stats_columns(view, con)
+        if not columns:
             return {}
-        cur = con.execute(f"SELECT episode_index, {', '.join(q(c) for c in names)} FROM episodes ORDER BY ep_row")
+        cur = con.execute(f"SELECT episode_index, {', '.join(q(c) for c in columns)} FROM episodes ORDER BY ep_row")
         out: dict[int, dict[str, dict[str, object]]] = {}
         for row in cur.fetchall():
             per_feature: dict[str, dict[str, object]] = {}
-            for name, value in zip(names, row[1:]):
-                feature, _, stat = name[len(STATS_PREFIX):].rpartition("/")
+            for (feature, stat), value in zip(columns.values(), row[1:]):
                 per_feature.setdefault(feature, {})[stat] = value
             out[int(row[0])] = per_feature
         return out
@@ -202,8 +197,8 @@ def stats_match_source(view: DatasetView) -> CheckResult:
         pairs = list(dict.fromkeys(f"episode {o['episode_index']} {o['feature']}" for o in offending))
         worst = offending[0]
         return failed(
-            f"recomputed stats differ from the source's {EPISODES_STATS_FILE} for {', '.join(pairs[:LISTED])}"
-            f"{' ...' if len(pairs) > LISTED else ''} (e.g. {worst['stat']}[{worst['element']}]: source "
+            f"recomputed stats differ from the source's {EPISODES_STATS_FILE} for {short_list(pairs, LISTED)}"
+            f" (e.g. {worst['stat']}[{worst['element']}]: source "
             f"{worst['source']}, recomputed {worst['recomputed']})",
             counts, offending,
         )

@@ -27,6 +27,7 @@ import pyarrow as pa
 import soundfile as sf
 
 from dorobot_assets.lib.errors import DorobotError
+from dorobot_assets.lib.stats import STATS_PREFIX
 from dorobot_assets.lib.v30 import (
     AUDIO_PATH,
     CODEBASE_VERSION,
@@ -397,6 +398,32 @@ def not_applicable(description: str) -> CheckResult:
     return CheckResult("", True, "", description, applicable=False)
 
 
+# --- helpers shared with audio_checks.py and stats_checks.py ----------------------------------
+
+def short_list(items: list[str], most: int) -> str:
+    """The first ``most`` items, comma-separated, with " ..." when there are more (for descriptions)."""
+    return ", ".join(items[:most]) + (" ..." if len(items) > most else "")
+
+
+def read_json_object(path: Path, name: str) -> dict:
+    """A JSON file whose top level must be an object; ``name`` is how the error names the file."""
+    value = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is not a JSON object")
+    return value
+
+
+def episode_stats_columns(view: DatasetView, con) -> dict[str, tuple[str, str]]:
+    """The per-episode stats columns of the episodes table, in table order, each with its
+    (feature, stat): ``stats/<feature>/<stat>``, where the feature name may itself contain '/'."""
+    found: dict[str, tuple[str, str]] = {}
+    for column in view.columns(con, "episodes"):
+        if column.startswith(STATS_PREFIX):
+            feature, _, stat = column[len(STATS_PREFIX):].rpartition("/")
+            found[column] = (feature, stat)
+    return found
+
+
 def _plain(value):
     """JSON-friendly scalars for offending rows."""
     if isinstance(value, (np.integer,)):
@@ -408,6 +435,11 @@ def _plain(value):
     return value
 
 
+def _plain_rows(rows: list[dict]) -> list[dict]:
+    """Offending rows built in Python, with JSON-friendly values."""
+    return [{k: _plain(v) for k, v in row.items()} for row in rows]
+
+
 def _rows(cursor_rows: list[tuple], names: list[str]) -> list[dict]:
     return [{n: _plain(v) for n, v in zip(names, row)} for row in cursor_rows[:MAX_OFFENDING]]
 
@@ -417,37 +449,61 @@ def _query(con, sql: str, params: list | None = None) -> tuple[list[tuple], list
     return cur.fetchall(), [d[0] for d in cur.description]
 
 
+@dataclass
+class _Offending:
+    """What :func:`_count_offending` found."""
+
+    total: int  # rows of the relation checked
+    count: int  # offending rows in all
+    rows: list[tuple]  # the first MAX_OFFENDING of them, as DuckDB returns them (the messages format these)
+    names: list[str]  # their column names
+
+    def as_dicts(self) -> list[dict]:
+        """The offending rows a CheckResult keeps."""
+        return _rows(self.rows, self.names)
+
+
+def _count_offending(con, relation: str, offending_sql: str) -> _Offending:
+    """Count the rows of ``relation`` and the rows ``offending_sql`` selects, and fetch the first
+    MAX_OFFENDING of the latter (``offending_sql`` ends with its ORDER BY). DuckDB counts and the
+    fetch is limited, so millions of bad data rows never reach Python."""
+    total = con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+    count = con.execute(f"SELECT count(*) FROM ({offending_sql})").fetchone()[0]
+    rows, names = _query(con, f"{offending_sql} LIMIT {MAX_OFFENDING}") if count else ([], [])
+    return _Offending(total, count, rows, names)
+
+
 # === tasks ====================================================================================
 
 @check("tasks_index", "tasks", ERROR,
        "meta/tasks.parquet rows are in task_index order 0..T-1 (LeRobot resolves a task by row position).")
 def tasks_index(view: DatasetView) -> CheckResult:
     con = view.connect(tasks=True)
-    n = con.execute("SELECT count(*) FROM tasks").fetchone()[0]
-    rows, names = _query(con, """
+    found = _count_offending(con, "tasks", """
         SELECT row_pos AS row, task_index, row_pos AS expected, task FROM tasks
         WHERE task_index IS DISTINCT FROM row_pos ORDER BY row_pos""")
-    counts = {"tasks": n, "offending_rows": len(rows)}
-    if rows:
-        r = rows[0]
-        return failed(f"{len(rows)} of {n} task rows are out of task_index order; row {r[0]} has "
-                      f"task_index {r[1]}, expected {r[2]}", counts, _rows(rows, names))
+    n = found.total
+    counts = {"tasks": n, "offending_rows": found.count}
+    if found.count:
+        r = found.rows[0]
+        return failed(f"{found.count} of {n} task rows are out of task_index order; row {r[0]} has "
+                      f"task_index {r[1]}, expected {r[2]}", counts, found.as_dicts())
     return passed(f"{n} tasks with task_index 0..{n - 1} in row order", counts)
 
 
 @check("tasks_unique", "tasks", ERROR, "Task strings in meta/tasks.parquet are present and unique.")
 def tasks_unique(view: DatasetView) -> CheckResult:
     con = view.connect(tasks=True)
-    n = con.execute("SELECT count(*) FROM tasks").fetchone()[0]
-    rows, names = _query(con, """
+    found = _count_offending(con, "tasks", """
         SELECT task, count(*) AS rows, list(task_index ORDER BY task_index) AS task_indices FROM tasks
         GROUP BY task HAVING count(*) > 1 OR task IS NULL OR task = '' ORDER BY min(row_pos)""")
-    counts = {"tasks": n, "offending_tasks": len(rows)}
-    if rows:
-        r = rows[0]
+    n = found.total
+    counts = {"tasks": n, "offending_tasks": found.count}
+    if found.count:
+        r = found.rows[0]
         what = "empty or missing" if not r[0] else "duplicated"
-        return failed(f"{len(rows)} task strings are duplicated or empty; {r[0]!r} is {what} "
-                      f"(task_index {r[2]})", counts, _rows(rows, names))
+        return failed(f"{found.count} task strings are duplicated or empty; {r[0]!r} is {what} "
+                      f"(task_index {r[2]})", counts, found.as_dicts())
     return passed(f"{n} distinct task strings", counts)
 
 
@@ -482,23 +538,27 @@ def _require_columns(view, con, relation: str, wanted: list[str]) -> list[str]:
     return [c for c in wanted if c not in have]
 
 
+def _no_data_column(column: str) -> CheckResult:
+    """The failure of a check whose column the data files lack altogether."""
+    return failed(f"the data files have no {column} column", offending=[{"missing_column": column}])
+
+
 @check("data_index", "data", ERROR,
        "Column index equals the global row position (0..N-1 over the data files in path order); "
        "LeRobot uses it as an absolute row number.")
 def data_index(view: DatasetView) -> CheckResult:
     con = view.connect(data=True)
     if _require_columns(view, con, "data", ["index"]):
-        return failed("the data files have no index column", offending=[{"missing_column": "index"}])
-    n, bad = con.execute(
-        'SELECT count(*), count(*) FILTER (WHERE "index" IS DISTINCT FROM row_pos) FROM data').fetchone()
+        return _no_data_column("index")
+    found = _count_offending(con, "data", """
+        SELECT row_pos, data_file, file_row_number AS file_row, "index", episode_index FROM data
+        WHERE "index" IS DISTINCT FROM row_pos ORDER BY row_pos""")
+    n, bad = found.total, found.count
     counts = {"rows": n, "offending_rows": bad}
     if bad:
-        rows, names = _query(con, f"""
-            SELECT row_pos, data_file, file_row_number AS file_row, "index", episode_index FROM data
-            WHERE "index" IS DISTINCT FROM row_pos ORDER BY row_pos LIMIT {MAX_OFFENDING}""")
-        r = rows[0]
+        r = found.rows[0]
         return failed(f"{bad} of {n} rows have index different from their global row position; "
-                      f"first: row {r[0]} ({r[1]} row {r[2]}) has index {r[3]}", counts, _rows(rows, names))
+                      f"first: row {r[0]} ({r[1]} row {r[2]}) has index {r[3]}", counts, found.as_dicts())
     return passed(f"index equals the row position on all {n} rows", counts)
 
 
@@ -507,20 +567,18 @@ def data_index(view: DatasetView) -> CheckResult:
 def data_episode_order(view: DatasetView) -> CheckResult:
     con = view.connect(data=True)
     if _require_columns(view, con, "data", ["episode_index"]):
-        return failed("the data files have no episode_index column", offending=[{"missing_column": "episode_index"}])
-    sql = """
+        return _no_data_column("episode_index")
+    found = _count_offending(con, "data", """
         SELECT row_pos, data_file, file_row_number AS file_row, previous_episode, episode_index FROM (
             SELECT row_pos, data_file, file_row_number, episode_index,
                    lag(episode_index) OVER (ORDER BY row_pos) AS previous_episode FROM data)
-        WHERE episode_index < previous_episode OR episode_index IS NULL ORDER BY row_pos"""
-    n = con.execute("SELECT count(*) FROM data").fetchone()[0]
-    bad = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+        WHERE episode_index < previous_episode OR episode_index IS NULL ORDER BY row_pos""")
+    n, bad = found.total, found.count
     counts = {"rows": n, "offending_rows": bad}
     if bad:
-        rows, names = _query(con, sql + f" LIMIT {MAX_OFFENDING}")
-        r = rows[0]
+        r = found.rows[0]
         return failed(f"episode_index decreases at {bad} rows; first: row {r[0]} ({r[1]} row {r[2]}) has "
-                      f"episode {r[4]} after episode {r[3]}", counts, _rows(rows, names))
+                      f"episode {r[4]} after episode {r[3]}", counts, found.as_dicts())
     return passed(f"episode_index is non-decreasing over {n} rows", counts)
 
 
@@ -530,22 +588,20 @@ def data_frame_index(view: DatasetView) -> CheckResult:
     con = view.connect(data=True)
     missing = _require_columns(view, con, "data", ["frame_index", "episode_index"])
     if "episode_index" in missing:
-        return failed("the data files have no episode_index column", offending=[{"missing_column": "episode_index"}])
+        return _no_data_column("episode_index")
     if missing:
         return not_applicable("the data has no frame_index column (declared features decide; see data_columns)")
-    sql = """
+    found = _count_offending(con, "data", """
         SELECT row_pos, data_file, episode_index, frame_index, expected FROM (
             SELECT row_pos, data_file, episode_index, frame_index,
                    row_pos - min(row_pos) OVER (PARTITION BY episode_index) AS expected FROM data)
-        WHERE frame_index IS DISTINCT FROM expected ORDER BY row_pos"""
-    n = con.execute("SELECT count(*) FROM data").fetchone()[0]
-    bad = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+        WHERE frame_index IS DISTINCT FROM expected ORDER BY row_pos""")
+    n, bad = found.total, found.count
     counts = {"rows": n, "offending_rows": bad}
     if bad:
-        rows, names = _query(con, sql + f" LIMIT {MAX_OFFENDING}")
-        r = rows[0]
+        r = found.rows[0]
         return failed(f"{bad} rows break the 0,1,2,... frame_index sequence of their episode; first: row {r[0]} "
-                      f"(episode {r[2]}) has frame_index {r[3]}, expected {r[4]}", counts, _rows(rows, names))
+                      f"(episode {r[2]}) has frame_index {r[3]}, expected {r[4]}", counts, found.as_dicts())
     return passed(f"frame_index runs 0..length-1 in every episode ({n} rows)", counts)
 
 
@@ -557,17 +613,17 @@ def data_timestamps(view: DatasetView) -> CheckResult:
     if _require_columns(view, con, "data", ["timestamp", "frame_index"]):
         return not_applicable("the data has no timestamp or no frame_index column")
     fps = view.fps
-    where = f"abs(timestamp - frame_index / {fps!r}) > {PTS_TOLERANCE_S!r} OR timestamp IS NULL"
-    n, bad = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {where}) FROM data").fetchone()
+    found = _count_offending(con, "data", f"""
+        SELECT row_pos, data_file, episode_index, frame_index, timestamp, frame_index / {fps!r} AS expected
+        FROM data WHERE abs(timestamp - frame_index / {fps!r}) > {PTS_TOLERANCE_S!r} OR timestamp IS NULL
+        ORDER BY row_pos""")
+    n, bad = found.total, found.count
     counts = {"rows": n, "offending_rows": bad}
     if bad:
-        rows, names = _query(con, f"""
-            SELECT row_pos, data_file, episode_index, frame_index, timestamp, frame_index / {fps!r} AS expected
-            FROM data WHERE {where} ORDER BY row_pos LIMIT {MAX_OFFENDING}""")
-        r = rows[0]
+        r = found.rows[0]
         return failed(f"{bad} of {n} rows have timestamp off frame_index / fps by more than {PTS_TOLERANCE_S} s; "
                       f"first: row {r[0]} (episode {r[2]}, frame {r[3]}) has {r[4]:.6f} s, expected {r[5]:.6f} s",
-                      counts, _rows(rows, names))
+                      counts, found.as_dicts())
     return passed(f"timestamp = frame_index / {fps:g} on all {n} rows", counts)
 
 
@@ -576,7 +632,7 @@ def data_timestamps(view: DatasetView) -> CheckResult:
 def data_task_index(view: DatasetView) -> CheckResult:
     con = view.connect(data=True, tasks=True)
     if _require_columns(view, con, "data", ["task_index"]):
-        return failed("the data files have no task_index column", offending=[{"missing_column": "task_index"}])
+        return _no_data_column("task_index")
     rows, names = _query(con, """
         SELECT d.task_index, count(*) AS rows, min(d.row_pos) AS first_row, min(d.episode_index) AS first_episode
         FROM data d ANTI JOIN tasks t ON d.task_index = t.task_index
@@ -619,6 +675,19 @@ def data_columns(view: DatasetView) -> CheckResult:
     return passed(f"{len(files)} data files hold exactly the {len(expected)} declared columns", counts)
 
 
+def _size_result(kind: str, files: list[dict], limit: float) -> CheckResult:
+    """The verdict of the data, video and audio file size checks. ``files``: one dict per file with
+    ``file``, ``megabytes`` and ``episodes``. A single-episode file may exceed ``limit``: episodes are
+    never split across files (lib/rollover.py)."""
+    bad = [f for f in files if f["megabytes"] > limit and f["episodes"] > 1]
+    counts = {"files": len(files), "offending_files": len(bad)}
+    if bad:
+        b = bad[0]
+        return failed(f"{len(bad)} {kind} files exceed the {limit:g} MB limit with more than one episode; "
+                      f"{b['file']}: {b['megabytes']:.3f} MB, {b['episodes']} episodes", counts, _plain_rows(bad))
+    return passed(f"{len(files)} {kind} files within {limit:g} MB (or single-episode)", counts)
+
+
 @check("data_file_size", "data", WARNING,
        "A data file holding more than one episode stays under data_files_size_in_mb, measured as "
        "LeRobot does (uncompressed column chunks).")
@@ -633,13 +702,7 @@ def data_file_size(view: DatasetView) -> CheckResult:
                 FROM data GROUP BY _file)
         SELECT e.file, round(s.megabytes, 6) AS megabytes, e.episodes FROM eps e JOIN sizes s ON s.file_name = e._file
         ORDER BY e.file""")
-    bad = [r for r in rows if r[1] > limit and r[2] > 1]
-    counts = {"files": len(rows), "offending_files": len(bad)}
-    if bad:
-        r = bad[0]
-        return failed(f"{len(bad)} data files exceed the {limit:g} MB limit with more than one episode; "
-                      f"{r[0]}: {r[1]:.3f} MB, {r[2]} episodes", counts, _rows(bad, names))
-    return passed(f"{len(rows)} data files within {limit:g} MB (or single-episode)", counts)
+    return _size_result("data", [dict(zip(names, r)) for r in rows], limit)
 
 
 # === episodes =================================================================================
@@ -648,15 +711,15 @@ def data_file_size(view: DatasetView) -> CheckResult:
        "meta/episodes rows are sorted and contiguous: row i is episode i (LeRobot indexes them by position).")
 def episodes_index(view: DatasetView) -> CheckResult:
     con = view.connect(episodes=True)
-    n = con.execute("SELECT count(*) FROM episodes").fetchone()[0]
-    rows, names = _query(con, """
+    found = _count_offending(con, "episodes", """
         SELECT ep_row AS row, episode_index, ep_row AS expected FROM episodes
         WHERE episode_index IS DISTINCT FROM ep_row ORDER BY ep_row""")
-    counts = {"episodes": n, "offending_rows": len(rows)}
-    if rows:
-        r = rows[0]
-        return failed(f"{len(rows)} of {n} episode rows are out of order; row {r[0]} holds episode {r[1]}, "
-                      f"expected {r[2]}", counts, _rows(rows, names))
+    n = found.total
+    counts = {"episodes": n, "offending_rows": found.count}
+    if found.count:
+        r = found.rows[0]
+        return failed(f"{found.count} of {n} episode rows are out of order; row {r[0]} holds episode {r[1]}, "
+                      f"expected {r[2]}", counts, found.as_dicts())
     return passed(f"{n} episodes 0..{n - 1} in order", counts)
 
 
@@ -665,7 +728,7 @@ def episodes_index(view: DatasetView) -> CheckResult:
        "that episode, and every episode in the data has a row in meta/episodes.")
 def episodes_data_rows(view: DatasetView) -> CheckResult:
     con = view.connect(data=True, episodes=True)
-    sql = """
+    found = _count_offending(con, "episodes", """
         WITH d AS (SELECT episode_index, count(*) AS rows, min(row_pos) AS first_row, max(row_pos) + 1 AS end_row
                    FROM data GROUP BY episode_index)
         SELECT coalesce(e.episode_index, d.episode_index) AS episode_index,
@@ -675,12 +738,11 @@ def episodes_data_rows(view: DatasetView) -> CheckResult:
         WHERE e.episode_index IS NULL OR d.episode_index IS NULL
            OR e.dataset_from_index IS DISTINCT FROM d.first_row OR e.dataset_to_index IS DISTINCT FROM d.end_row
            OR d.rows <> d.end_row - d.first_row
-        ORDER BY 1"""
-    rows, names = _query(con, sql)
-    n = con.execute("SELECT count(*) FROM episodes").fetchone()[0]
-    counts = {"episodes": n, "offending_episodes": len(rows)}
-    if rows:
-        r = dict(zip(names, rows[0]))
+        ORDER BY 1""")
+    n = found.total
+    counts = {"episodes": n, "offending_episodes": found.count}
+    if found.count:
+        r = dict(zip(found.names, found.rows[0]))
         if r["dataset_from_index"] is None:
             why = f"episode {r['episode_index']} has {r['data_rows']} data rows but no row in meta/episodes"
         elif r["data_rows"] is None:
@@ -689,23 +751,23 @@ def episodes_data_rows(view: DatasetView) -> CheckResult:
         else:
             why = (f"episode {r['episode_index']} claims rows {r['dataset_from_index']}..{r['dataset_to_index']}, "
                    f"the data has {r['data_rows']} rows in {r['data_from']}..{r['data_to']}")
-        return failed(f"{len(rows)} episodes disagree with the data rows; {why}", counts, _rows(rows, names))
+        return failed(f"{found.count} episodes disagree with the data rows; {why}", counts, found.as_dicts())
     return passed(f"{n} episodes match their data row ranges", counts)
 
 
 @check("episodes_length", "episodes", ERROR, "length equals dataset_to_index - dataset_from_index.")
 def episodes_length(view: DatasetView) -> CheckResult:
     con = view.connect(episodes=True)
-    n = con.execute("SELECT count(*) FROM episodes").fetchone()[0]
-    rows, names = _query(con, """
+    found = _count_offending(con, "episodes", """
         SELECT episode_index, length, dataset_from_index, dataset_to_index,
                dataset_to_index - dataset_from_index AS expected FROM episodes
         WHERE length IS DISTINCT FROM dataset_to_index - dataset_from_index ORDER BY ep_row""")
-    counts = {"episodes": n, "offending_episodes": len(rows)}
-    if rows:
-        r = rows[0]
-        return failed(f"{len(rows)} episodes have length != dataset_to_index - dataset_from_index; episode {r[0]} "
-                      f"has length {r[1]}, its rows {r[2]}..{r[3]} make {r[4]}", counts, _rows(rows, names))
+    n = found.total
+    counts = {"episodes": n, "offending_episodes": found.count}
+    if found.count:
+        r = found.rows[0]
+        return failed(f"{found.count} episodes have length != dataset_to_index - dataset_from_index; episode {r[0]} "
+                      f"has length {r[1]}, its rows {r[2]}..{r[3]} make {r[4]}", counts, found.as_dicts())
     return passed(f"{n} episode lengths match their row ranges", counts)
 
 
@@ -725,7 +787,7 @@ def _expected_data_files(view: DatasetView, con) -> pa.Table:
 def episodes_data_file(view: DatasetView) -> CheckResult:
     con = view.connect(data=True, episodes=True)
     con.register("expected", _expected_data_files(view, con))
-    rows, names = _query(con, """
+    found = _count_offending(con, "episodes", """
         WITH d AS (SELECT episode_index, data_file, count(*) AS rows FROM data GROUP BY ALL),
         found AS (SELECT x.episode_index, x.expected_file,
                          coalesce(sum(d.rows) FILTER (WHERE d.data_file = x.expected_file), 0) AS rows_in_file,
@@ -737,18 +799,26 @@ def episodes_data_file(view: DatasetView) -> CheckResult:
         FROM found f JOIN episodes e USING (episode_index)
         WHERE f.rows_in_file <> e.dataset_to_index - e.dataset_from_index OR f.other_files IS NOT NULL
         ORDER BY 1""")
-    n = con.execute("SELECT count(*) FROM episodes").fetchone()[0]
-    counts = {"episodes": n, "offending_episodes": len(rows)}
-    if rows:
-        r = rows[0]
+    n = found.total
+    counts = {"episodes": n, "offending_episodes": found.count}
+    if found.count:
+        r = found.rows[0]
         where = f"; its rows are in {r[4]}" if r[4] else ""
-        return failed(f"{len(rows)} episodes are not (all) in their data file; episode {r[0]}: {r[1]} holds "
-                      f"{r[2]} of its {r[3]} rows{where}", counts, _rows(rows, names))
+        return failed(f"{found.count} episodes are not (all) in their data file; episode {r[0]}: {r[1]} holds "
+                      f"{r[2]} of its {r[3]} rows{where}", counts, found.as_dicts())
     return passed(f"{n} episodes lie wholly in the data file they name", counts)
 
 
-def _placement_columns(prefix: str, key: str) -> list[str]:
-    return [f"{prefix}/{key}/{f}" for f in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+def _file_columns(kind: str, key: str = "") -> tuple[str, str]:
+    """The meta/episodes columns naming the file that holds an episode's rows (``data/chunk_index``,
+    ``data/file_index``; key "") or one camera's or microphone's media (``videos/<key>/...``)."""
+    prefix = f"{kind}/{key}/" if key else f"{kind}/"
+    return prefix + "chunk_index", prefix + "file_index"
+
+
+def _placement_columns(kind: str, key: str) -> list[str]:
+    """A camera's or microphone's file columns and the episode's from/to timestamps in that file."""
+    return [*_file_columns(kind, key), f"{kind}/{key}/from_timestamp", f"{kind}/{key}/to_timestamp"]
 
 
 @check("episodes_files_exist", "episodes", ERROR,
@@ -764,8 +834,7 @@ def episodes_files_exist(view: DatasetView) -> CheckResult:
     missing_files: set[str] = set()
     referenced: set[str] = set()
     for kind, key, template_key, default in refs:
-        prefix = f"{kind}/{key}/" if key else f"{kind}/"
-        chunk_col, file_col = prefix + "chunk_index", prefix + "file_index"
+        chunk_col, file_col = _file_columns(kind, key)
         if chunk_col not in columns or file_col not in columns:
             offending.append({"kind": kind, "key": key, "episode_index": None,
                               "path": f"columns {chunk_col}, {file_col} are missing"})
@@ -864,7 +933,7 @@ def video_timestamps(view: DatasetView) -> CheckResult:
         else:
             why = f"{o['video_key']} episode {o['episode_index']}: {o['fault']}"
         return failed(f"{len(offending)} camera episodes have from/to timestamps that do not fit length / fps; {why}",
-                      counts, [{k: _plain(v) for k, v in o.items()} for o in offending])
+                      counts, _plain_rows(offending))
     return passed(f"{checked} camera episodes span length / fps", counts)
 
 
@@ -919,7 +988,7 @@ def video_frame_count(view: DatasetView) -> CheckResult:
         else:
             why = f"{o['video_key']} episode {o['episode_index']}: {o['fault']} {o['file'] or ''}".rstrip()
         return failed(f"{len(offending)} camera episodes have a frame count different from their length; {why}",
-                      counts, [{k: _plain(v) for k, v in o.items()} for o in offending])
+                      counts, _plain_rows(offending))
     return passed(f"{checked} camera episodes hold exactly length frames ({files} files)", counts)
 
 
@@ -978,7 +1047,7 @@ def video_pts_alignment(view: DatasetView) -> CheckResult:
             why = f"{o['video_key']}: {o['fault']} {o.get('file') or ''}".rstrip()
         return failed(f"{bad_total} frames have no decoded frame within {PTS_TOLERANCE_S} s of from_timestamp + "
                       f"timestamp, {unusable} videos cannot be checked; {why}", counts,
-                      [{k: _plain(v) for k, v in o.items()} for o in offending])
+                      _plain_rows(offending))
     return passed(f"{checked} frames align with the decoded video within {PTS_TOLERANCE_S} s", counts)
 
 
@@ -988,7 +1057,7 @@ def _media_file_sizes(view: DatasetView, con, prefix: str, keys: list[str], temp
     out = []
     columns = set(view.columns(con, "episodes"))
     for key in keys:
-        chunk_col, file_col = f"{prefix}/{key}/chunk_index", f"{prefix}/{key}/file_index"
+        chunk_col, file_col = _file_columns(prefix, key)
         if chunk_col not in columns or file_col not in columns:
             continue
         for chunk, file_, episodes in con.execute(
@@ -1001,16 +1070,6 @@ def _media_file_sizes(view: DatasetView, con, prefix: str, keys: list[str], temp
             if path.is_file():
                 out.append({"file": rel, "megabytes": round(path.stat().st_size / MB, 6), "episodes": int(episodes)})
     return out
-
-
-def _size_result(kind: str, files: list[dict], limit: float) -> CheckResult:
-    bad = [f for f in files if f["megabytes"] > limit and f["episodes"] > 1]
-    counts = {"files": len(files), "offending_files": len(bad)}
-    if bad:
-        b = bad[0]
-        return failed(f"{len(bad)} {kind} files exceed the {limit:g} MB limit with more than one episode; "
-                      f"{b['file']}: {b['megabytes']:.3f} MB, {b['episodes']} episodes", counts, bad)
-    return passed(f"{len(files)} {kind} files within {limit:g} MB (or single-episode)", counts)
 
 
 @check("video_file_size", "videos", WARNING,
@@ -1070,7 +1129,7 @@ def audio_within_file(view: DatasetView) -> CheckResult:
         else:
             why = f"{o['audio_key']} episode {o['episode_index']}: {o['fault']} {o.get('file') or ''}".rstrip()
         return failed(f"{len(offending)} microphone episodes point outside their WAV file; {why}", counts,
-                      [{k: _plain(v) for k, v in o.items()} for o in offending])
+                      _plain_rows(offending))
     return passed(f"{checked} microphone episodes lie within their WAV files", counts)
 
 
@@ -1108,10 +1167,7 @@ def _read_stats_json(view: DatasetView) -> dict | None:
     path = view.root / STATS_PATH
     if not path.is_file():
         return None
-    stats = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(stats, dict):
-        raise ValueError(f"{STATS_PATH} is not a JSON object")
-    return stats
+    return read_json_object(path, STATS_PATH)
 
 
 def _episode_stats(view: DatasetView) -> tuple[list[int], list[int], dict[str, dict[str, np.ndarray]]]:
@@ -1119,12 +1175,11 @@ def _episode_stats(view: DatasetView) -> tuple[list[int], list[int], dict[str, d
     if not view.has_episodes():
         return [], [], {}
     con = view.connect(episodes=True)
-    names = [c for c in view.columns(con, "episodes") if c.startswith("stats/")]
-    select = ", ".join(["episode_index", "length", *(q(c) for c in names)])
+    columns = episode_stats_columns(view, con)
+    select = ", ".join(["episode_index", "length", *(q(c) for c in columns)])
     table = con.sql(f"SELECT {select} FROM episodes ORDER BY ep_row").to_arrow_table()
     out: dict[str, dict[str, np.ndarray]] = {}
-    for name in names:
-        feature, _, stat = name[len("stats/"):].rpartition("/")
+    for name, (feature, stat) in columns.items():
         values = table.column(name).to_pylist()
         if any(v is None for v in values):
             continue
@@ -1354,8 +1409,7 @@ def info_paths(view: DatasetView) -> CheckResult:
             continue
         keys = {"videos": view.video_keys, "audio": view.audio_keys}.get(prefix, [""])
         for feature in keys:
-            col_prefix = f"{prefix}/{feature}/" if feature else f"{prefix}/"
-            chunk_col, file_col = col_prefix + "chunk_index", col_prefix + "file_index"
+            chunk_col, file_col = _file_columns(prefix, feature)
             slots = [(0, 0)]
             if chunk_col in columns and file_col in columns:
                 slots = con.execute(f"SELECT DISTINCT {q(chunk_col)}, {q(file_col)} FROM episodes "
