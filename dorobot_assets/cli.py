@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stats", default=None, help="comma-separated stats modes (default copy,recompute; --quick copy)")
     b.add_argument("--entry", default=None, help="comma-separated: convert, materialize (default both)")
     b.add_argument("--executors", default=None,
-                   help="executors for dagster asset materialize: default, in_process, multiprocess "
-                        "(default: default; without --quick all three)")
+                   help="executors to measure dagster asset materialize with: default (the project's), "
+                        "in_process, multiprocess (default: default)")
     b.add_argument("--cameras", default=None, help="name:codec,... or none (default top:av1,wrist:h264)")
     b.add_argument("--data-file-size-mb", type=float, default=None, help="data rollover limit given to every converter")
     b.add_argument("--video-file-size-mb", type=float, default=None, help="video rollover limit (default: each converter's)")

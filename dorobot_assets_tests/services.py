@@ -39,7 +39,8 @@ def dagster_home_with_template(home: Path) -> Path:
 
 
 def service_env(**values) -> dict[str, str]:
-    env = dict(os.environ)
+    """The test's environment without the developer's DOROBOT_* settings, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOROBOT_")}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update({k: str(v) for k, v in values.items()})
     return env

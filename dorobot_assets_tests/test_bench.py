@@ -73,7 +73,7 @@ def test_tree_sampler_sums_a_process_tree(tmp_path):
             "c.wait()")
     m = bench.run_measured("tree", [sys.executable, "-c", code], dict(os.environ), tmp_path / "logs")
     assert m.ok and m.processes >= 2
-    assert m.peak_rss_mib > 120 and m.max_process_rss_mib < m.peak_rss_mib
+    assert m.peak_rss_mib > 120 and 60 < m.max_process_rss_mib < m.peak_rss_mib
     assert m.wall_s >= 1.5 and m.cpu_s > 0
 
 
@@ -147,5 +147,5 @@ def test_config_rejects_unknown_choices():
         bench.config_from_options(stats="copy,fast")
     cfg = bench.config_from_options(quick=True)
     assert cfg.sizes == bench.QUICK_SIZES and cfg.repeat == 1 and cfg.stats == ("copy",)
-    full = bench.config_from_options()
-    assert full.sizes == bench.DEFAULT_SIZES and set(full.executors) == set(bench.EXECUTOR_CONFIG)
+    full = bench.config_from_options(executors="in_process,multiprocess")
+    assert full.sizes == bench.DEFAULT_SIZES and full.executors == ("in_process", "multiprocess")

@@ -55,7 +55,8 @@ def test_daemon_converts_a_dropped_recording_once_per_change(tmp_path, make_samp
     env = service_env(
         DAGSTER_HOME=home, DOROBOT_INBOX=inbox_dir, DOROBOT_OUTPUT=output,
         # Not waiting for the default 30 s interval; a settle time of an hour proves the marker works.
-        **{inbox.INTERVAL_ENV: 1, inbox.SETTLE_ENV: 3600, "DOROBOT_STATS": "copy"},
+        **{inbox.INTERVAL_ENV: 1, inbox.SETTLE_ENV: 3600},
+        DOROBOT_STATS="copy",  # reaches the runs the sensor launches (checked below)
     )
     daemon = Service([str(VENV_BIN / "dagster-daemon"), "run", "-m", "dorobot_assets"], env,
                      tmp_path / "daemon.log", cwd=tmp_path)
@@ -73,6 +74,10 @@ def test_daemon_converts_a_dropped_recording_once_per_change(tmp_path, make_samp
             assert first.tags[SOURCE_TAG] == str(rec)
             assert first.tags["dagster/run_key"] == f"arm_session:{recording_fingerprint(rec)}"
             converted_once = dataset_info.stat().st_mtime_ns
+            stats_record, = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("episode_stats"), asset_partitions=["arm_session"]), limit=1
+            ).records
+            assert stats_record.asset_materialization.metadata["mode"].value == "copy"
 
             (rec / "meta" / "tasks.jsonl").touch()  # a re-upload of one file
             first, second = daemon.wait_until(lambda: finished(instance, "arm_session", 2), RUN_TIMEOUT_S,

@@ -111,25 +111,26 @@ def _scalar(values, reduce) -> float | None:
 def stats_summary(dataset_root: Path) -> str:
     """A markdown table with one row per feature of meta/stats.json.
 
-    A vector feature shows the minimum and maximum over all its dimensions and its mean and
-    standard deviation averaged over them; the shape column says how many values that covers.
+    A vector feature shows the lowest min and q01 and the highest q99 and max over its dimensions,
+    and q50, mean and std averaged over them; the shape column says how many values that covers.
+    Quantile columns stay empty when the stats were copied from v2.1 (which has none).
     """
     path = Path(dataset_root) / STATS_PATH
     if not path.is_file():
         return "_meta/stats.json has not been written yet._"
     stats = json.loads(path.read_text())
-    header = ["feature", "shape", "count", "min", "max", "mean", "std", "quantiles"]
+    header = ["feature", "shape", "count", "min", "q01", "q50", "q99", "max", "mean", "std"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for feature, values in stats.items():
-        shape = np.shape(values.get("mean", []))
         count = values.get("count", [None])
-        quantiles = sorted(k for k in values if k.startswith("q"))
         cells = [
-            f"`{feature}`", "×".join(str(n) for n in shape) or "1",
+            f"`{feature}`", "×".join(str(n) for n in np.shape(values.get("mean", []))) or "1",
             count[0] if isinstance(count, list) and count else count,
-            _scalar(values.get("min", []), np.min), _scalar(values.get("max", []), np.max),
+            _scalar(values.get("min", []), np.min),
+            _scalar(values.get("q01", []), np.min), _scalar(values.get("q50", []), np.mean),
+            _scalar(values.get("q99", []), np.max),
+            _scalar(values.get("max", []), np.max),
             _scalar(values.get("mean", []), np.mean), _scalar(values.get("std", []), np.mean),
-            ", ".join(quantiles) or "none",
         ]
         lines.append("| " + " | ".join("" if c is None or (isinstance(c, float) and math.isnan(c))
                                           else _cell(c) for c in cells) + " |")

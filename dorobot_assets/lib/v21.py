@@ -555,7 +555,9 @@ def read_episode_data(rec: Recording, episode_index: int, columns: list[str] | N
     at an offset (``Episode.timestamp_offset``), which become ``frame / fps`` in their own type."""
     ep = rec.episodes[episode_index]
     try:
-        table = pq.read_table(ep.data_path, columns=columns)
+        # ParquetFile.read, not read_table: no dataset discovery, 2.5x faster per small file.
+        with pq.ParquetFile(ep.data_path) as pf:
+            table = pf.read(columns=columns)
     except Exception as ex:  # pyarrow raises several types for corrupt files
         raise _fail("data_unreadable", ep.data_path, f"cannot read episode {episode_index}: {ex}") from ex
     if ep.timestamp_offset and "timestamp" in table.column_names:
@@ -566,8 +568,14 @@ def read_episode_data(rec: Recording, episode_index: int, columns: list[str] | N
     return table
 
 
+# The model last returned by read_recording_cached in this process. With the in-process executor
+# every asset of a run asks for it: unpickling a 2000-episode model costs 0.3-1 s (its
+# per-episode stats are many small objects), a dict lookup nothing. Callers never mutate it.
+_LAST_READ: dict[tuple, Recording] = {}
+
+
 def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, missing_cameras: str = "error") -> Recording:
-    """``read_recording`` memoised on disk by the recording's fingerprint.
+    """``read_recording`` memoised on disk (and in memory) by the recording's fingerprint.
 
     Every asset of a run needs the model; the cache turns the per-asset re-read (footers and
     key columns of every episode) into one ``stat`` walk when nothing changed.
@@ -581,12 +589,17 @@ def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, mis
         return read_recording(root, missing_cameras=missing_cameras)
     fp = recording_fingerprint(root)
     cache = Path(cache_dir) / f"recording-{fp}-{missing_cameras}.pickle"
+    memo_key = (root, fp, missing_cameras, cache)
+    if memo_key in _LAST_READ and cache.exists():
+        return _LAST_READ[memo_key]
     if cache.exists():
         try:
             with open(cache, "rb") as f:
                 rec = pickle.load(f)
             if isinstance(rec, Recording) and rec.root == root:
                 rec.source_fingerprint = fp
+                _LAST_READ.clear()
+                _LAST_READ[memo_key] = rec
                 return rec
         except Exception:  # a stale or foreign cache file is simply rebuilt
             pass
@@ -598,4 +611,6 @@ def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, mis
     with atomic_path(cache) as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(rec, f, protocol=pickle.HIGHEST_PROTOCOL)
+    _LAST_READ.clear()
+    _LAST_READ[memo_key] = rec
     return rec
