@@ -3,6 +3,7 @@ partition key, call one lib function, and report what was written."""
 
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +22,7 @@ from dorobot_assets.lib import tasks as tasks_lib
 from dorobot_assets.lib import video as video_lib
 from dorobot_assets.lib.fsutil import remove_stale_temp_files
 from dorobot_assets.lib.manifest import manifest_path, read_manifest, write_manifest
+from dorobot_assets.lib.settings import ConversionSettings
 from dorobot_assets.lib.v21 import Recording, read_recording_cached, recording_fingerprint
 from dorobot_assets.lib.v30 import INFO_PATH
 from dorobot_assets.lib.validate import DatasetView
@@ -49,6 +51,50 @@ def _mb(n: int) -> float:
     return round(n / (1024 * 1024), 3)
 
 
+@dataclass
+class ConversionStep:
+    """What every artifact asset starts from: the partition's validated recording, its folders
+    and settings, the source fingerprint (the data version of everything written) and a clock."""
+
+    key: str
+    settings: ConversionSettings
+    rec: Recording
+    fingerprint: str
+    root: Path  # the v3.0 dataset folder
+    work: Path  # manifests and caches, never published
+    started: float
+
+    def manifest(self, name: str) -> tuple:
+        """A placement manifest made from this very version of the recording."""
+        return read_manifest(self.work, name, self.fingerprint)
+
+    def result(self, artifact: Path, **metadata) -> dg.MaterializeResult:
+        return dg.MaterializeResult(
+            metadata={
+                **report_lib.artifact_summary(self.rec, artifact),
+                "seconds": round(time.perf_counter() - self.started, 3),
+                **metadata,
+            },
+            data_version=dg.DataVersion(self.fingerprint),
+        )
+
+
+def start_step(
+    context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource, *, writes: bool = True
+) -> ConversionStep:
+    """Read (and validate) the recording first; only then, if the asset writes into the dataset,
+    withdraw info.json (begin_write)."""
+    key = context.partition_key
+    rec = load_recording(storage, conversion, key)
+    step = ConversionStep(
+        key=key, settings=conversion.settings(), rec=rec, fingerprint=rec.fingerprint(),
+        root=storage.dataset_root(key), work=storage.work_dir(key), started=time.perf_counter(),
+    )
+    if writes:
+        begin_write(step.root)
+    return step
+
+
 @dg.observable_source_asset(
     partitions_def=recordings,
     group_name=GROUP,
@@ -73,16 +119,11 @@ def recording(context, storage: StorageResource) -> dg.DataVersionsByPartition:
     description="meta/tasks.parquet: task strings as the pandas index named `task`, rows in task_index order.",
 )
 def tasks(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
-    key = context.partition_key
-    rec = load_recording(storage, conversion, key)
-    root = storage.dataset_root(key)
-    begin_write(root)
-    result = tasks_lib.write_tasks(rec.tasks, root)
-    return dg.MaterializeResult(
-        metadata={**report_lib.artifact_summary(rec, result.path),
-                  "tasks": result.total_tasks, "path": dg.MetadataValue.path(str(result.path)),
-                  "dagster/row_count": result.total_tasks},
-        data_version=dg.DataVersion(rec.fingerprint()),
+    step = start_step(context, storage, conversion)
+    result = tasks_lib.write_tasks(step.rec.tasks, step.root)
+    return step.result(
+        result.path, tasks=result.total_tasks, path=dg.MetadataValue.path(str(result.path)),
+        **{"dagster/row_count": result.total_tasks},
     )
 
 
@@ -93,24 +134,14 @@ def tasks(context: dg.AssetExecutionContext, storage: StorageResource, conversio
     "summed uncompressed size (fixed LeRobot rule), whole episodes per file.",
 )
 def data(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
-    key = context.partition_key
-    settings = conversion.settings()
-    rec = load_recording(storage, conversion, key)
-    root = storage.dataset_root(key)
-    begin_write(root)
-    t0 = time.perf_counter()
-    result = data_lib.write_data(rec, root, settings.data_file_size_mb, settings.files_per_chunk)
-    write_manifest(storage.work_dir(key), "data", result.placements, rec.fingerprint())
-    return dg.MaterializeResult(
-        metadata={
-            **report_lib.artifact_summary(rec, root / "data"),
-            "episodes": len(rec.episodes), "frames": result.rows, "files": len(result.files),
-            "bytes": result.bytes_written, "megabytes": _mb(result.bytes_written),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "path": dg.MetadataValue.path(str(root / "data")),
-            "dagster/row_count": result.rows,
-        },
-        data_version=dg.DataVersion(rec.fingerprint()),
+    step = start_step(context, storage, conversion)
+    result = data_lib.write_data(step.rec, step.root, step.settings.data_file_size_mb, step.settings.files_per_chunk)
+    write_manifest(step.work, "data", result.placements, step.fingerprint)
+    return step.result(
+        step.root / "data",
+        frames=result.rows, files=len(result.files), bytes=result.bytes_written,
+        megabytes=_mb(result.bytes_written), path=dg.MetadataValue.path(str(step.root / "data")),
+        **{"dagster/row_count": result.rows},
     )
 
 
@@ -127,32 +158,23 @@ def videos(
     context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource,
     video_encoder: VideoEncoderResource,
 ):
-    key = context.partition_key
-    settings = conversion.settings()
-    rec = load_recording(storage, conversion, key)
-    root = storage.dataset_root(key)
-    begin_write(root)
-    t0 = time.perf_counter()
-    encoder = video_encoder.encoder() if settings.reencode else None
-    result = video_lib.write_videos(rec, root, settings, encoder, log=context.log.info)
-    result.dropped_cameras = sorted(set(result.dropped_cameras) | set(rec.dropped_features))
+    step = start_step(context, storage, conversion)
+    encoder = video_encoder.encoder() if step.settings.reencode else None
+    result = video_lib.write_videos(step.rec, step.root, step.settings, encoder, log=context.log.info)
+    result.dropped_cameras = sorted(set(result.dropped_cameras) | set(step.rec.dropped_features))
     for note in result.notes:
         context.log.warning(note)
     write_manifest(
-        storage.work_dir(key), "videos", result.placements, rec.fingerprint(),
+        step.work, "videos", result.placements, step.fingerprint,
         {"dropped_cameras": result.dropped_cameras, "features_info": result.features_info},
     )
-    return dg.MaterializeResult(
-        metadata={
-            **report_lib.artifact_summary(rec, root / "videos"),
-            "cameras": len(rec.video_keys), "files": len(result.files),
-            "frames": result.frames, "bytes": result.bytes_written, "megabytes": _mb(result.bytes_written),
-            "dropped_cameras": ", ".join(result.dropped_cameras) or "none",
-            "mode": result.mode, "encoder": result.encoder or "none (stream copy)",
-            "seconds": round(time.perf_counter() - t0, 3),
-            "path": dg.MetadataValue.path(str(root / "videos")),
-        },
-        data_version=dg.DataVersion(rec.fingerprint()),
+    return step.result(
+        step.root / "videos",
+        cameras=len(step.rec.video_keys), files=len(result.files),
+        frames=result.frames, bytes=result.bytes_written, megabytes=_mb(result.bytes_written),
+        dropped_cameras=", ".join(result.dropped_cameras) or "none",
+        mode=result.mode, encoder=result.encoder or "none (stream copy)",
+        path=dg.MetadataValue.path(str(step.root / "videos")),
     )
 
 
@@ -163,29 +185,20 @@ def videos(
     "concatenated sample-exactly, rolled over by size; nothing for recordings without audio.",
 )
 def audio(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
-    key = context.partition_key
-    settings = conversion.settings()
-    rec = load_recording(storage, conversion, key)
-    root = storage.dataset_root(key)
-    begin_write(root)
-    t0 = time.perf_counter()
-    result = audio_lib.write_audio(rec, root, settings)
+    step = start_step(context, storage, conversion)
+    result = audio_lib.write_audio(step.rec, step.root, step.settings)
     for note in result.notes:
         context.log.warning(note)
     write_manifest(
-        storage.work_dir(key), "audio", result.placements, rec.fingerprint(),
+        step.work, "audio", result.placements, step.fingerprint,
         {"features_info": result.features_info, "missing": result.missing},
     )
-    return dg.MaterializeResult(
-        metadata={
-            **report_lib.artifact_summary(rec, root / "audio"),
-            "microphones": len(rec.audio_keys), "files": len(result.files),
-            "bytes": result.bytes_written, "missing_wavs": len(result.missing),
-            "note": "recording has no audio" if not rec.audio_keys else "",
-            "seconds": round(time.perf_counter() - t0, 3),
-            "path": dg.MetadataValue.path(str(root / "audio")),
-        },
-        data_version=dg.DataVersion(rec.fingerprint()),
+    return step.result(
+        step.root / "audio",
+        microphones=len(step.rec.audio_keys), files=len(result.files),
+        bytes=result.bytes_written, missing_wavs=len(result.missing),
+        note="recording has no audio" if not step.rec.audio_keys else "",
+        path=dg.MetadataValue.path(str(step.root / "audio")),
     )
 
 
@@ -196,28 +209,22 @@ def audio(context: dg.AssetExecutionContext, storage: StorageResource, conversio
     "q01..q99) that become the stats/<feature>/<stat> columns of meta/episodes.",
 )
 def episode_stats(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
-    key = context.partition_key
-    settings = conversion.settings()
-    rec = load_recording(storage, conversion, key)
-    t0 = time.perf_counter()
-    if settings.stats == "copy":
-        table = stats_lib.copy_source_stats(rec)
+    # Writes only to the work folder: the published dataset is left alone.
+    step = start_step(context, storage, conversion, writes=False)
+    if step.settings.stats == "copy":
+        table = stats_lib.copy_source_stats(step.rec)
         extra = {"mode": "copy"}
     else:
-        table, extra = stats_lib.compute_episode_stats(rec, storage.work_dir(key))
+        table, extra = stats_lib.compute_episode_stats(step.rec, step.work)
         extra = {"mode": "recompute", **extra}
-    write_manifest(storage.work_dir(key), "episode_stats", table, rec.fingerprint(), extra)
-    return dg.MaterializeResult(
-        metadata={
-            **report_lib.artifact_summary(rec, manifest_path(storage.work_dir(key), "episode_stats")),
-            "mode": settings.stats, "episodes": table.num_rows,
-            "columns": len(table.column_names) - 1, "seconds": round(time.perf_counter() - t0, 3),
-            # recompute reuses the stats of episodes whose source files did not change
-            "episodes_computed": extra.get("episodes_computed", 0),
-            "episodes_reused": extra.get("episodes_reused", 0),
-            "source_notes": "\n".join(rec.notes) or "none",
-        },
-        data_version=dg.DataVersion(rec.fingerprint()),
+    write_manifest(step.work, "episode_stats", table, step.fingerprint, extra)
+    return step.result(
+        manifest_path(step.work, "episode_stats"),
+        mode=step.settings.stats, episodes=table.num_rows, columns=len(table.column_names) - 1,
+        # recompute reuses the stats of episodes whose source files did not change
+        episodes_computed=extra.get("episodes_computed", 0),
+        episodes_reused=extra.get("episodes_reused", 0),
+        source_notes="\n".join(step.rec.notes) or "none",
     )
 
 
@@ -228,27 +235,21 @@ def episode_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
     "video and audio placements, tasks, length and per-episode stats.",
 )
 def episodes(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
-    key = context.partition_key
-    rec = load_recording(storage, conversion, key)
-    work = storage.work_dir(key)
-    fp = rec.fingerprint()
-    data_table, _ = read_manifest(work, "data", fp)
-    placements = [(name, read_manifest(work, name, fp)[0]) for name in ("videos", "audio")]
-    stats_table, _ = read_manifest(work, "episode_stats", fp)
-    root = storage.dataset_root(key)
-    begin_write(root)
-    table = episodes_lib.build_episodes_table(rec, data_table, placements, stats_table)
-    result = episodes_lib.write_episodes(table, root)
-    dorobot_meta = dorobot_lib.carry_over_meta(rec.root, root)
-    return dg.MaterializeResult(
-        metadata={
-            **report_lib.artifact_summary(rec, root / "meta" / "episodes"),
-            "preview": dg.MetadataValue.md(report_lib.episodes_preview(root)),
-            "episodes": result.episodes, "columns": len(result.columns),
-            "path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.episodes,
-            "dorobot_meta": ", ".join(p.name for p in dorobot_meta) or "none",
-        },
-        data_version=dg.DataVersion(fp),
+    step = start_step(context, storage, conversion, writes=False)
+    data_table, _ = step.manifest("data")
+    placements = [(name, step.manifest(name)[0]) for name in ("videos", "audio")]
+    stats_table, _ = step.manifest("episode_stats")
+    begin_write(step.root)  # every manifest is there and current: now change the dataset
+    table = episodes_lib.build_episodes_table(step.rec, data_table, placements, stats_table)
+    result = episodes_lib.write_episodes(table, step.root)
+    dorobot_meta = dorobot_lib.carry_over_meta(step.rec.root, step.root)
+    return step.result(
+        step.root / "meta" / "episodes",
+        preview=dg.MetadataValue.md(report_lib.episodes_preview(step.root)),
+        episodes=result.episodes, columns=len(result.columns),
+        path=dg.MetadataValue.path(str(result.path)),
+        dorobot_meta=", ".join(p.name for p in dorobot_meta) or "none",
+        **{"dagster/row_count": result.episodes},
     )
 
 
@@ -258,21 +259,16 @@ def episodes(context: dg.AssetExecutionContext, storage: StorageResource, conver
     description="meta/stats.json: dataset statistics pooled exactly from the per-episode stats.",
 )
 def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
-    key = context.partition_key
-    rec = load_recording(storage, conversion, key)
-    work = storage.work_dir(key)
-    stats_table, extra = read_manifest(work, "episode_stats", rec.fingerprint())
-    root = storage.dataset_root(key)
-    begin_write(root)
-    quantiles = stats_lib.dataset_quantiles(work) if extra.get("mode") == "recompute" else None
+    step = start_step(context, storage, conversion, writes=False)
+    stats_table, extra = step.manifest("episode_stats")
+    begin_write(step.root)
+    quantiles = stats_lib.dataset_quantiles(step.work) if extra.get("mode") == "recompute" else None
     agg = stats_lib.aggregate(stats_table, quantiles)
-    path = stats_lib.write_stats_json(agg, root)
-    return dg.MaterializeResult(
-        metadata={**report_lib.artifact_summary(rec, path),
-                  "preview": dg.MetadataValue.md(report_lib.stats_summary(root)),
-                  "features": len(agg), "path": dg.MetadataValue.path(str(path)),
-                  "quantiles": bool(quantiles)},
-        data_version=dg.DataVersion(rec.fingerprint()),
+    path = stats_lib.write_stats_json(agg, step.root)
+    return step.result(
+        path,
+        preview=dg.MetadataValue.md(report_lib.stats_summary(step.root)),
+        features=len(agg), path=dg.MetadataValue.path(str(path)), quantiles=bool(quantiles),
     )
 
 
@@ -285,32 +281,24 @@ def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
     "pending info.json and a failing one keeps it unwritten.",
 )
 def info(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
-    key = context.partition_key
-    settings = conversion.settings()
-    rec = load_recording(storage, conversion, key)
-    root = storage.dataset_root(key)
-    work = storage.work_dir(key)
-    fp = rec.fingerprint()
-    _, video_extra = read_manifest(work, "videos", fp)
-    _, audio_extra = read_manifest(work, "audio", fp)
+    step = start_step(context, storage, conversion, writes=False)
+    _, video_extra = step.manifest("videos")
+    _, audio_extra = step.manifest("audio")
     info_args = dict(
         audio_features_info=audio_extra.get("features_info") or None,
         dropped_features=tuple(video_extra.get("dropped_cameras", ())),
         video_features_info=video_extra.get("features_info") or None,
     )
-    pending = info_lib.pending_info(rec, root, settings, **info_args)
-    yield from info_check_results(DatasetView(root=root, info=pending, source=rec.root, work=work))
-    written = info_lib.write_info(rec, root, settings, **info_args)
-    yield dg.MaterializeResult(
-        metadata={
-            **report_lib.artifact_summary(rec, root),
-            "preview": dg.MetadataValue.md(report_lib.dataset_card(root)),
-            "episodes": written["total_episodes"], "frames": written["total_frames"],
-            "tasks": written["total_tasks"], "path": dg.MetadataValue.path(str(root)),
-            # source quirks handled while converting (v2.0, GR00T): renamed keys, stale totals...
-            "source_notes": "\n".join(rec.notes) or "none",
-        },
-        data_version=dg.DataVersion(rec.fingerprint()),
+    pending = info_lib.pending_info(step.rec, step.root, step.settings, **info_args)
+    yield from info_check_results(DatasetView(root=step.root, info=pending, source=step.rec.root, work=step.work))
+    written = info_lib.write_info(step.rec, step.root, step.settings, **info_args)
+    yield step.result(
+        step.root,
+        preview=dg.MetadataValue.md(report_lib.dataset_card(step.root)),
+        episodes=written["total_episodes"], frames=written["total_frames"],
+        tasks=written["total_tasks"], path=dg.MetadataValue.path(str(step.root)),
+        # source quirks handled while converting (v2.0, GR00T): renamed keys, stale totals...
+        source_notes="\n".join(step.rec.notes) or "none",
     )
 
 
