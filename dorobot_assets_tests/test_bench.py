@@ -43,12 +43,12 @@ def test_quick_bench_writes_json_with_sane_figures(tmp_path, capsys):
 
 
 def test_recordings_are_cached_and_spec_conformant(tmp_path):
-    first = bench.ensure_recording(tmp_path, 3, "top:av1,wrist:h264", seed=1)
-    again = bench.ensure_recording(tmp_path, 3, "top:av1,wrist:h264", seed=1)
+    first = bench.ensure_recording(tmp_path, 2, "top:h264", seed=1)
+    again = bench.ensure_recording(tmp_path, 2, "top:h264", seed=1)
     assert not first.cached and again.cached and again.path == first.path
     assert again.generate_s == first.generate_s
     rec = read_recording(first.path)  # the reader's validation passes
-    assert len(rec.episodes) == 3 and rec.video_keys == ["observation.images.top", "observation.images.wrist"]
+    assert len(rec.episodes) == 2 and rec.video_keys == ["observation.images.top"]
     assert all(e.length in bench.LENGTH_GRID for e in rec.episodes)
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dorobot_assets.lib.settings import STATS_MODES
+
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -48,12 +50,12 @@ FIXED_OVERHEAD_LENGTH = 300  # the 1-episode recording that measures Dagster's f
 RECIPE_VERSION = 1  # bump when the recording recipe changes, so cached recordings are rebuilt
 # The 2000-episode recording holds ~60 MB of data (one file at LeRobot's 100 MB default); a lower
 # data limit makes it roll over into several files as the issue asks. Videos roll over at 200 MB.
-DEFAULT_DATA_FILE_SIZE_MB = 16.0
+BENCH_DATA_FILE_SIZE_MB = 16.0
 DEFAULT_REPEAT = 2
 DEFAULT_CACHE = ".bench_cache"  # relative to the working directory; git ignores it
 SAMPLE_INTERVAL_S = 0.02
 COPY_BLOCK = 1 * MIB
-STATS_MODES = ("copy", "recompute")
+DEFAULT_STATS = ("copy", "recompute")  # copy first: recompute's extra time is measured against it
 ENTRIES = ("convert", "materialize")
 # Executors `dagster asset materialize` can be measured with: "default" loads the project's
 # Definitions as they are; the others load a generated module with the same definitions and that
@@ -92,13 +94,13 @@ TARGET_NUMERIC_QUANTILE_EXTRA = 0.20
 class BenchConfig:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     cameras: str = DEFAULT_CAMERAS  # "name:codec,..." or "none"
-    stats: tuple[str, ...] = STATS_MODES
+    stats: tuple[str, ...] = DEFAULT_STATS
     entries: tuple[str, ...] = ENTRIES
     executors: tuple[str, ...] = ("default",)  # for `dagster asset materialize`
     repeat: int = DEFAULT_REPEAT
     cache: Path = Path(DEFAULT_CACHE)
     official_python: Path | None = None
-    data_file_size_mb: float = DEFAULT_DATA_FILE_SIZE_MB
+    data_file_size_mb: float = BENCH_DATA_FILE_SIZE_MB
     video_file_size_mb: float | None = None  # None: the converter's default
     numeric_twin: bool = True  # also convert a camera-less twin, to time numeric quantiles alone
     fixed_overhead: bool = True
@@ -123,13 +125,13 @@ def config_from_options(
     cfg = BenchConfig(
         sizes=tuple(int(x) for x in _items(sizes, QUICK_SIZES if quick else DEFAULT_SIZES)),
         cameras=cameras or DEFAULT_CAMERAS,
-        stats=_items(stats, ("copy",) if quick else STATS_MODES),
+        stats=_items(stats, ("copy",) if quick else DEFAULT_STATS),
         entries=_items(entry, ENTRIES),
         executors=_items(executors, ("default",)),
         repeat=repeat or (1 if quick else DEFAULT_REPEAT),
         cache=Path(cache or DEFAULT_CACHE).resolve(),
         official_python=Path(official_python) if official_python else None,
-        data_file_size_mb=data_file_size_mb or DEFAULT_DATA_FILE_SIZE_MB,
+        data_file_size_mb=data_file_size_mb or BENCH_DATA_FILE_SIZE_MB,
         video_file_size_mb=video_file_size_mb,
         numeric_twin=not quick,
         fixed_overhead=not no_fixed_overhead,
@@ -715,7 +717,7 @@ def run_bench(cfg: BenchConfig, progress=_log) -> dict:
                 runs.setdefault(label, []).append(m)
                 progress(_line(m, size))
             if twin is not None and "convert" in cfg.entries:
-                for stats in ("copy", "recompute"):
+                for stats in DEFAULT_STATS:
                     label = f"numeric_twin/convert/{stats}"
                     m = run_convert(cfg, twin, stats, work / "run", label)
                     runs.setdefault(label, []).append(m)
@@ -755,9 +757,10 @@ def _add_ratios(entry: dict, runs: dict[str, list[Measurement]]) -> None:
         if not s.get("ok") or label in ("copy_floor", "decode_floor"):
             continue
         r: dict = {}
-        if floor:
+        twin = label.startswith("numeric_twin/")  # another recording: neither floor nor official apply
+        if floor and not twin:
             r["vs_copy_floor"] = round(s["wall_s"] / floor, 2)
-        if OFFICIAL_LABEL in runs and label != OFFICIAL_LABEL and summary[OFFICIAL_LABEL].get("ok"):
+        if OFFICIAL_LABEL in runs and label != OFFICIAL_LABEL and not twin and summary[OFFICIAL_LABEL].get("ok"):
             r["vs_official"] = round(s["wall_s"] / summary[OFFICIAL_LABEL]["wall_s"], 3)
             r["vs_official_pairwise"] = _pairwise_ratio(runs[label], runs[OFFICIAL_LABEL])
         ratios[label] = r
