@@ -141,8 +141,6 @@ def _cmd_validate(args) -> int:
 
 
 def _parse_cameras(spec: str):
-    from dorobot_assets.lib.synthetic import CameraSpec
-
     if spec in ("", "none"):
         return []
     cams = []

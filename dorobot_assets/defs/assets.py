@@ -24,7 +24,7 @@ from dorobot_assets.lib.fsutil import remove_stale_temp_files
 from dorobot_assets.lib.manifest import manifest_path, read_manifest, write_manifest
 from dorobot_assets.lib.settings import ConversionSettings
 from dorobot_assets.lib.v21 import Recording, read_recording_cached, recording_fingerprint
-from dorobot_assets.lib.v30 import INFO_PATH
+from dorobot_assets.lib.v30 import INFO_PATH, MB
 from dorobot_assets.lib.validate import DatasetView
 
 GROUP = "lerobot_v30"
@@ -48,7 +48,7 @@ def begin_write(dataset_root: Path) -> None:
 
 
 def _mb(n: int) -> float:
-    return round(n / (1024 * 1024), 3)
+    return round(n / MB, 3)
 
 
 @dataclass

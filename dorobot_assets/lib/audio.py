@@ -29,9 +29,8 @@ from dorobot_assets.lib.fsutil import atomic_path
 from dorobot_assets.lib.rollover import FileSlot, group_by_slot, plan_rollover
 from dorobot_assets.lib.settings import ConversionSettings
 from dorobot_assets.lib.v21 import Recording
-from dorobot_assets.lib.v30 import AUDIO_PATH, INFO_PATH, audio_file, resolve_inside
+from dorobot_assets.lib.v30 import AUDIO_PATH, INFO_PATH, MB, audio_file, resolve_inside
 
-MB = 1024 * 1024
 BLOCK_FRAMES = 1 << 16  # frames copied per read: 128 KiB for 16-bit mono
 # Sample formats we copy losslessly, with the numpy type libsndfile reads them into unchanged.
 SAMPLE_DTYPES = {

@@ -19,9 +19,8 @@ import pyarrow.parquet as pq
 from dorobot_assets.lib.fsutil import atomic_path
 from dorobot_assets.lib.rollover import FileSlot, group_by_slot, plan_rollover
 from dorobot_assets.lib.v21 import Recording, read_episode_data
-from dorobot_assets.lib.v30 import DEFAULT_FILES_PER_CHUNK, data_file
+from dorobot_assets.lib.v30 import DEFAULT_FILES_PER_CHUNK, MB, data_file
 
-MB = 1024 * 1024
 
 
 def plan_data(rec: Recording, limit_mb: float, files_per_chunk: int = DEFAULT_FILES_PER_CHUNK) -> list[FileSlot]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from dorobot_assets.lib.errors import ConfigError, RecordingError
-from dorobot_assets.lib.fsutil import TMP_MARKER, stat_fingerprint, tree_files
+from dorobot_assets.lib.fsutil import TMP_MARKER, tree_files, tree_fingerprint
 from dorobot_assets.lib.v21 import EPISODES_FILE, INFO_FILE, TASKS_FILE, read_info
 
 READY_MARKER = ".ready"
@@ -84,7 +84,7 @@ def scan_folder(folder: Path) -> FolderScan:
         last_change = max(last_change, st.st_mtime, st.st_ctime)
     return FolderScan(
         path=folder,
-        fingerprint=stat_fingerprint(files, folder),
+        fingerprint=tree_fingerprint(folder),
         last_change=last_change,
         has_info=(folder / INFO_FILE).is_file(),
         has_marker=(folder / READY_MARKER).exists(),

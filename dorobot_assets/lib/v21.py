@@ -7,7 +7,6 @@ is written. Format facts: reference notes §1 (v2.1) and the DoRobot section.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dorobot_assets.lib.errors import RecordingError
-from dorobot_assets.lib.fsutil import TMP_MARKER, stat_fingerprint
+from dorobot_assets.lib.fsutil import stat_fingerprint, tree_fingerprint
 from dorobot_assets.lib.v30 import resolve_inside
 
 INFO_FILE = "meta/info.json"
@@ -162,22 +161,7 @@ class Recording:
 
 
 def recording_fingerprint(root: Path) -> str:
-    """Equal to ``stat_fingerprint(tree_files(root), root)`` (the inbox sensor computes it that
-    way), built from strings instead of a Path per file: 6x faster on a 6000-file recording."""
-    top = str(Path(root))
-    entries = []
-    for dirpath, _dirs, names in os.walk(top):
-        rel_dir = dirpath[len(top) + 1:]
-        for name in names:
-            if not name.startswith(TMP_MARKER):
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                entries.append((rel.split("/"), rel, os.path.join(dirpath, name)))
-    entries.sort(key=lambda e: e[0])  # Path order: part by part
-    h = hashlib.sha256()
-    for _parts, rel, full in entries:
-        st = os.stat(full)
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+    return tree_fingerprint(Path(root))
 
 
 # ----------------------------------------------------------------------------- helpers

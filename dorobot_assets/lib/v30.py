@@ -11,6 +11,8 @@ from pathlib import Path
 CODEBASE_VERSION = "v3.0"
 DOROBOT_DATASET_VERSION = "v1.1"
 
+# LeRobot's "MB" size limits are MiB: sizes are divided by 1024**2 (reference notes §3.4/§3.5).
+MB = 1024 * 1024
 DEFAULT_FILES_PER_CHUNK = 1000  # files per chunk-XXX folder (LeRobot DEFAULT_CHUNK_SIZE)
 DEFAULT_DATA_FILE_SIZE_MB = 100.0
 DEFAULT_VIDEO_FILE_SIZE_MB = 200.0

@@ -36,6 +36,7 @@ from dorobot_assets.lib.v30 import (
     DEFAULT_DATA_FILE_SIZE_MB,
     DEFAULT_VIDEO_FILE_SIZE_MB,
     INFO_PATH,
+    MB,
     STATS_PATH,
     TASKS_PATH,
     VIDEO_PATH,
@@ -51,7 +52,6 @@ CHECK_MODULES = ("dorobot_assets.lib.audio_checks", "dorobot_assets.lib.stats_ch
 MAX_OFFENDING = 10  # offending rows kept in a result
 # LeRobot's reader accepts a decoded frame within this distance of the requested time (notes §5.6).
 PTS_TOLERANCE_S = 1e-4
-MB = 1024 * 1024
 
 
 @dataclass

@@ -42,9 +42,8 @@ from dorobot_assets.lib.fsutil import atomic_path, temp_name_for
 from dorobot_assets.lib.rollover import FileSlot, group_by_slot, plan_rollover
 from dorobot_assets.lib.settings import ConversionSettings
 from dorobot_assets.lib.v21 import Recording
-from dorobot_assets.lib.v30 import video_file
+from dorobot_assets.lib.v30 import MB, video_file
 
-MB = 1024 * 1024
 POLL_S = 0.2  # how often the main thread wakes up while cameras run (keeps it interruptible)
 CANCEL_EVERY = 64  # packets between two looks at the cancel flag
 PLACEMENT_FIELDS = ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
