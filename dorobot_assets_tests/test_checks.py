@@ -1,5 +1,5 @@
-"""defs/checks.py: the registered checks as Dagster asset checks. Error-severity checks block, so a
-conversion whose output is broken does not publish meta/info.json."""
+"""defs/checks.py: the registered checks as Dagster asset checks, run by the asset they inspect.
+Error-severity checks block, so a conversion whose output is broken does not publish meta/info.json."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dorobot_assets import cli
-from dorobot_assets.defs.assets import dataset_stats, episodes, info
-from dorobot_assets.defs.checks import conversion_checks
+from dorobot_assets.defs.assets import conversion_assets, data, dataset_stats, episodes, info, tasks
 from dorobot_assets.defs.partitions import recordings
 from dorobot_assets.defs.resources import ConversionResource, StorageResource
 from dorobot_assets.definitions import defs
@@ -23,15 +22,24 @@ from dorobot_assets.lib.keys import sanitize_key
 def test_every_registered_check_is_an_asset_check_on_its_asset_blocking_when_an_error():
     specs = {(s.asset, s.name): s for s in validate.registered_checks()}
     found = {}
-    for checks_def in defs.asset_checks:
-        for spec in checks_def.check_specs:
+    for asset in conversion_assets:
+        for spec in getattr(asset, "check_specs", ()):  # the source asset has none  # run in the asset's own step, right after it writes
+            assert spec.asset_key == asset.key
             found[(spec.asset_key.to_user_string(), spec.key.name)] = spec.blocking
-    for spec in info.check_specs:  # run inside the info asset, before it writes
-        found[("info", spec.key.name)] = spec.blocking
     expected = {key: s.severity == validate.ERROR for key, s in specs.items() if not s.deep}
     assert found == expected
     assert ("videos", "video_pts_alignment") not in found  # deep: validate --deep only
     assert {asset for asset, _ in found} == {"tasks", "data", "videos", "audio", "episodes", "dataset_stats", "info"}
+    assert not defs.asset_checks  # no separate check steps
+
+
+def test_an_asset_depends_on_what_its_checks_read():
+    by_key = {a.key.to_user_string(): a for a in conversion_assets}
+    for spec in validate.registered_checks():
+        for need in spec.needs:
+            upstream = by_key[spec.asset].asset_deps[by_key[spec.asset].key]
+            assert dg.AssetKey(need) in upstream, (spec.name, need)
+    assert tasks.key in data.asset_deps[data.key]  # data_task_index reads meta/tasks.parquet
 
 
 def _broken_frame_index_recording(make_sample) -> Path:
@@ -75,9 +83,7 @@ def _copy_conversion(converted_sample, tmp_path) -> tuple[dict, str]:
 def _materialize(assets, resources, key):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(recordings.name, [key])
-    asset_keys = {a.key for a in assets}
-    checks = [c for c in conversion_checks if {s.asset_key for s in c.check_specs} <= asset_keys]
-    return dg.materialize([*assets, *checks], partition_key=key, instance=instance, resources=resources,
+    return dg.materialize(assets, partition_key=key, instance=instance, resources=resources,
                           raise_on_error=False)
 
 

@@ -2,13 +2,14 @@
 partition key, call one lib function, and report what was written."""
 
 
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
-from dorobot_assets.defs.checks import info_check_results, info_check_specs
+from dorobot_assets.defs import checks
 from dorobot_assets.defs.partitions import recordings
 from dorobot_assets.defs.resources import ConversionResource, StorageResource, VideoEncoderResource
 from dorobot_assets.lib import audio as audio_lib
@@ -68,14 +69,27 @@ class ConversionStep:
         """A placement manifest made from this very version of the recording."""
         return read_manifest(self.work, name, self.fingerprint)
 
-    def result(self, artifact: Path, **metadata) -> dg.MaterializeResult:
+    def view(self, asset: str) -> DatasetView:
+        """The dataset as the checks of ``asset`` see it right after the asset wrote."""
+        return checks.conversion_view(self.rec, self.root, self.work, self.settings, asset)
+
+    def result(
+        self, context: dg.AssetExecutionContext, artifact: Path, *, run_checks: bool = True, **metadata
+    ) -> dg.MaterializeResult:
+        """The materialization, with the results of the asset's checks run on what it wrote
+        (``run_checks=False`` for an asset that ran them itself before writing)."""
+        asset = context.asset_key.to_user_string()
         return dg.MaterializeResult(
             metadata={
                 **report_lib.artifact_summary(self.rec, artifact),
                 "seconds": round(time.perf_counter() - self.started, 3),
+                # The process's high-water mark so far: with every step in one process, the
+                # first step whose value jumps is the one that needed the memory.
+                "process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 **metadata,
             },
             data_version=dg.DataVersion(self.fingerprint),
+            check_results=checks.check_results(context, asset, lambda: self.view(asset)) if run_checks else None,
         )
 
 
@@ -115,6 +129,7 @@ def recording(context, storage: StorageResource) -> dg.DataVersionsByPartition:
 
 @dg.asset(
     partitions_def=recordings, deps=[recording], group_name=GROUP, code_version=CODE_VERSION,
+    check_specs=checks.check_specs("tasks"),
     kinds={"parquet"},
     description="meta/tasks.parquet: task strings as the pandas index named `task`, rows in task_index order.",
 )
@@ -122,13 +137,15 @@ def tasks(context: dg.AssetExecutionContext, storage: StorageResource, conversio
     step = start_step(context, storage, conversion)
     result = tasks_lib.write_tasks(step.rec.tasks, step.root)
     return step.result(
-        result.path, tasks=result.total_tasks, path=dg.MetadataValue.path(str(result.path)),
+        context, result.path, tasks=result.total_tasks, path=dg.MetadataValue.path(str(result.path)),
         **{"dagster/row_count": result.total_tasks},
     )
 
 
 @dg.asset(
-    partitions_def=recordings, deps=[recording], group_name=GROUP, code_version=CODE_VERSION,
+    # after tasks: the data_task_index check reads meta/tasks.parquet
+    partitions_def=recordings, deps=[recording, tasks], group_name=GROUP, code_version=CODE_VERSION,
+    check_specs=checks.check_specs("data"),
     kinds={"parquet"},
     description="data/chunk-XXX/file-YYY.parquet: episodes streamed into files rolled over by "
     "summed uncompressed size (fixed LeRobot rule), whole episodes per file.",
@@ -138,7 +155,7 @@ def data(context: dg.AssetExecutionContext, storage: StorageResource, conversion
     result = data_lib.write_data(step.rec, step.root, step.settings.data_file_size_mb, step.settings.files_per_chunk)
     write_manifest(step.work, "data", result.placements, step.fingerprint)
     return step.result(
-        step.root / "data",
+        context, step.root / "data",
         frames=result.rows, files=len(result.files), bytes=result.bytes_written,
         megabytes=_mb(result.bytes_written), path=dg.MetadataValue.path(str(step.root / "data")),
         **{"dagster/row_count": result.rows},
@@ -147,6 +164,7 @@ def data(context: dg.AssetExecutionContext, storage: StorageResource, conversion
 
 @dg.asset(
     partitions_def=recordings, deps=[recording], group_name=GROUP, code_version=CODE_VERSION,
+    check_specs=checks.check_specs("videos"),
     kinds={"video"},
     # Cross-run limit on a scarce encoder (NPU channels, CPU): `dagster instance concurrency set video_encoder N`.
     pool="video_encoder",
@@ -169,7 +187,7 @@ def videos(
         {"dropped_cameras": result.dropped_cameras, "features_info": result.features_info},
     )
     return step.result(
-        step.root / "videos",
+        context, step.root / "videos",
         cameras=len(step.rec.video_keys), files=len(result.files),
         frames=result.frames, bytes=result.bytes_written, megabytes=_mb(result.bytes_written),
         dropped_cameras=", ".join(result.dropped_cameras) or "none",
@@ -180,6 +198,7 @@ def videos(
 
 @dg.asset(
     partitions_def=recordings, deps=[recording], group_name=GROUP, code_version=CODE_VERSION,
+    check_specs=checks.check_specs("audio"),
     kinds={"wav"},
     description="audio/{audio_key}/chunk-XXX/file-YYY.wav: DoRobot microphones, episodes "
     "concatenated sample-exactly, rolled over by size; nothing for recordings without audio.",
@@ -194,7 +213,7 @@ def audio(context: dg.AssetExecutionContext, storage: StorageResource, conversio
         {"features_info": result.features_info, "missing": result.missing},
     )
     return step.result(
-        step.root / "audio",
+        context, step.root / "audio",
         microphones=len(step.rec.audio_keys), files=len(result.files),
         bytes=result.bytes_written, missing_wavs=len(result.missing),
         note="recording has no audio" if not step.rec.audio_keys else "",
@@ -219,7 +238,7 @@ def episode_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
         extra = {"mode": "recompute", **extra}
     write_manifest(step.work, "episode_stats", table, step.fingerprint, extra)
     return step.result(
-        manifest_path(step.work, "episode_stats"),
+        context, manifest_path(step.work, "episode_stats"),
         mode=step.settings.stats, episodes=table.num_rows, columns=len(table.column_names) - 1,
         # recompute reuses the stats of episodes whose source files did not change
         episodes_computed=extra.get("episodes_computed", 0),
@@ -230,6 +249,7 @@ def episode_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
 
 @dg.asset(
     partitions_def=recordings, deps=[data, videos, audio, episode_stats], group_name=GROUP, code_version=CODE_VERSION,
+    check_specs=checks.check_specs("episodes"),
     kinds={"parquet"},
     description="meta/episodes/chunk-000/file-000.parquet: one row per episode with its data, "
     "video and audio placements, tasks, length and per-episode stats.",
@@ -244,7 +264,7 @@ def episodes(context: dg.AssetExecutionContext, storage: StorageResource, conver
     result = episodes_lib.write_episodes(table, step.root)
     dorobot_meta = dorobot_lib.carry_over_meta(step.rec.root, step.root)
     return step.result(
-        step.root / "meta" / "episodes",
+        context, step.root / "meta" / "episodes",
         preview=dg.MetadataValue.md(report_lib.episodes_preview(step.root)),
         episodes=result.episodes, columns=len(result.columns),
         path=dg.MetadataValue.path(str(result.path)),
@@ -255,6 +275,7 @@ def episodes(context: dg.AssetExecutionContext, storage: StorageResource, conver
 
 @dg.asset(
     partitions_def=recordings, deps=[episodes], group_name=GROUP, code_version=CODE_VERSION,
+    check_specs=checks.check_specs("dataset_stats"),
     kinds={"json"},
     description="meta/stats.json: dataset statistics pooled exactly from the per-episode stats.",
 )
@@ -266,7 +287,7 @@ def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
     agg = stats_lib.aggregate(stats_table, quantiles)
     path = stats_lib.write_stats_json(agg, step.root)
     return step.result(
-        path,
+        context, path,
         preview=dg.MetadataValue.md(report_lib.stats_summary(step.root)),
         features=len(agg), path=dg.MetadataValue.path(str(path)), quantiles=bool(quantiles),
     )
@@ -275,7 +296,7 @@ def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
 @dg.asset(
     partitions_def=recordings, deps=[tasks, data, videos, audio, episodes, dataset_stats], group_name=GROUP,
     code_version=CODE_VERSION, kinds={"json"},
-    check_specs=info_check_specs(),
+    check_specs=checks.check_specs("info"),
     description="meta/info.json, written last (a v3.0 folder without it is incomplete): v3.0 "
     "templates and limits, totals counted from the files written. Its checks inspect the "
     "pending info.json and a failing one keeps it unwritten.",
@@ -290,10 +311,12 @@ def info(context: dg.AssetExecutionContext, storage: StorageResource, conversion
         video_features_info=video_extra.get("features_info") or None,
     )
     pending = info_lib.pending_info(step.rec, step.root, step.settings, **info_args)
-    yield from info_check_results(DatasetView(root=step.root, info=pending, source=step.rec.root, work=step.work))
+    yield from checks.info_check_results(
+        context, DatasetView(root=step.root, info=pending, source=step.rec.root, work=step.work)
+    )
     written = info_lib.write_info(step.rec, step.root, step.settings, **info_args)
     yield step.result(
-        step.root,
+        context, step.root, run_checks=False,
         preview=dg.MetadataValue.md(report_lib.dataset_card(step.root)),
         episodes=written["total_episodes"], frames=written["total_frames"],
         tasks=written["total_tasks"], path=dg.MetadataValue.path(str(step.root)),

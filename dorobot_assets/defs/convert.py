@@ -104,9 +104,8 @@ def convert_recording(
     for name, res in defs.resources.items():
         run_resources.setdefault(name, res)
     run_resources.update(resources or {})
-    checks = list(defs.asset_checks) if defs.asset_checks else []
     result = dg.materialize(
-        [*conversion_assets, *checks],
+        conversion_assets,
         partition_key=key,
         instance=instance,
         resources=run_resources,

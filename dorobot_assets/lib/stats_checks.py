@@ -74,7 +74,7 @@ def stats_quantiles_exact(view: DatasetView) -> CheckResult:
     if not features:
         return not_applicable(f"{STATS_PATH} has no quantiles (stats copied from a v2.1 source)")
     con = view.connect(data=True)
-    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE data)").fetchall())
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE data_full)").fetchall())
     offending: list[dict] = []
     compared = 0
     quantile_list = "[" + ", ".join(repr(float(x)) for x in QUANTILES) + "]"
@@ -90,7 +90,7 @@ def stats_quantiles_exact(view: DatasetView) -> CheckResult:
             for d in range(width):
                 value = f"CAST({q(name)}[{d + 1}] AS DOUBLE)" if is_list else f"CAST({q(name)} AS DOUBLE)"
                 parts += [f"quantile_cont({value}, {quantile_list})", f"min({value})", f"max({value})"]
-            row = con.execute(f"SELECT {', '.join(parts)} FROM data").fetchone()
+            row = con.execute(f"SELECT {', '.join(parts)} FROM data_full").fetchone()
             ours = {k: np.asarray(stats[name][k], np.float64).ravel() for k in QUANTILE_KEYS}
             for d in range(width):
                 exact, lo, hi = row[3 * d], row[3 * d + 1], row[3 * d + 2]
