@@ -5,9 +5,9 @@ and returns a :class:`CheckResult`. ``defs/checks.py`` turns every registered ch
 Dagster asset check on the asset it inspects; ``dorobot-assets validate`` runs them all.
 
 All checks of one :class:`DatasetView` share one in-memory DuckDB database
-(:meth:`DatasetView.connect` hands each a cursor): the data rows' scalar columns are read from the
-parquet files once per view into a table, instead of once per check (at 2000 episodes that was
-~0.8 s per check). Nothing is written to disk; :meth:`DatasetView.close` frees it.
+(:meth:`DatasetView.connect` hands each a cursor): file listings, meta/episodes and the tasks are
+read once per view; the data rows are scanned by each check (a few scalar columns). Nothing is
+written to disk; :meth:`DatasetView.close` frees it.
 Format facts (what LeRobot's reader relies on) come from reference notes §2 and §5.
 """
 
@@ -195,10 +195,10 @@ class DatasetView:
         """A cursor on the view's DuckDB database holding the requested relations, each built on
         first request and kept for the other checks. Closing the cursor leaves them in place.
 
-        ``data``: one row per data row with its scalar columns plus ``row_pos`` (global row
-        position in reader order), ``data_file`` (dataset-relative path), ``_file`` and
-        ``file_row_number``; ``data_full``: the same with every column (list features too), read
-        from the files on each query. ``episodes``: meta/episodes rows plus ``ep_row``.
+        ``data``: every data row plus ``row_pos`` (global row position in reader order),
+        ``data_file`` (dataset-relative path), ``_file`` and ``file_row_number``; ``data_full``:
+        the same (the name stats checks use for list features). ``episodes``: meta/episodes rows
+        plus ``ep_row``.
         ``tasks``: ``task_index``, ``task`` (the string, wherever the file keeps it), ``row_pos``.
         Raises :class:`MissingInput` when a requested file is absent.
         """
@@ -256,28 +256,16 @@ class DatasetView:
         if not files:
             raise MissingInput("data/*/*.parquet")
         self._create_table(con, "data_files", self._positions(con, files))
-        source = f"read_parquet({_sql_list(files)}, filename='_file', file_row_number=true, union_by_name=true)"
+        # A view, read from the files by each query: keeping the rows in a table made the
+        # checks faster but cost ~90 MiB at 2000 episodes, a third of the memory budget;
+        # a scan of the few scalar columns a check reads is a fraction of a second.
         con.execute(f"""
-            CREATE VIEW data_full AS
-            SELECT d.*, f.first_row + d.file_row_number AS row_pos, f.rel_path AS data_file
-            FROM {source} d JOIN data_files f ON d._file = f.path
-        """)
-        # Scalar columns only (index, episode_index, frame_index, timestamp, task_index, ...): the
-        # row checks need nothing else, and list features are most of the bytes.
-        described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
-        scalars = [name for name, kind, *_ in described
-                   if name not in ("_file", "file_row_number") and not any(c in kind for c in "[(")]
-        columns = "".join(f"d.{q(c)}, " for c in scalars)
-        con.execute(f"""
-            CREATE TABLE data_rows AS
-            SELECT {columns}d.file_row_number, f.file_pos FROM {source} d JOIN data_files f ON d._file = f.path
-        """)
-        con.execute("""
             CREATE VIEW data AS
-            SELECT r.* EXCLUDE (file_pos), f.path AS _file, f.first_row + r.file_row_number AS row_pos,
-                   f.rel_path AS data_file
-            FROM data_rows r JOIN data_files f USING (file_pos)
+            SELECT d.*, f.first_row + d.file_row_number AS row_pos, f.rel_path AS data_file
+            FROM read_parquet({_sql_list(files)}, filename='_file', file_row_number=true, union_by_name=true) d
+            JOIN data_files f ON d._file = f.path
         """)
+        con.execute("CREATE VIEW data_full AS SELECT * FROM data")
 
     def _register_episodes(self, con) -> None:
         if self.pending_episodes is not None:
