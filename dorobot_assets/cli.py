@@ -287,5 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The console script (and ``python -m dorobot_assets.cli``). After ``convert`` the process
+    ends at once: every file is written and closed, the run's temporary folder removed, and the
+    interpreter's orderly teardown (collecting Dagster's run objects, joining idle pool threads)
+    took ~0.7 s, a quarter of a one-episode conversion."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv[:1] == ["convert"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,11 +70,6 @@ def convert_recording(
     log_level: str = "CRITICAL",
 ) -> ConversionRun:
     """Convert ``source`` (a v2.1 recording folder) into the v3.0 dataset folder ``dataset``."""
-    from dorobot_assets.defs.assets import conversion_assets
-    from dorobot_assets.defs.partitions import recordings
-    from dorobot_assets.defs.resources import ConversionResource, StorageResource
-    from dorobot_assets.definitions import defs
-
     source = Path(source).resolve()
     dataset = Path(dataset).resolve()
     if not source.is_dir():
@@ -83,7 +79,21 @@ def convert_recording(
     if dataset in source.parents:
         raise ConfigError(f"{dataset}: the output must not contain the source recording {source}")
     key = sanitize_key(source.name)
-    instance = instance or dg.DagsterInstance.ephemeral()
+    with tempfile.TemporaryDirectory(prefix="dorobot-run-") as scratch:
+        # Dagster's local artifact storage; removed here, not left to interpreter exit (cli.entry).
+        instance = instance or dg.DagsterInstance.ephemeral(tempdir=scratch)
+        return _run(instance, key, source, dataset, settings, work, resources, log_level)
+
+
+def _run(
+    instance: dg.DagsterInstance, key: str, source: Path, dataset: Path, settings: ConversionSettings,
+    work: Path | str | None, resources: dict | None, log_level: str,
+) -> ConversionRun:
+    from dorobot_assets.defs.assets import conversion_assets
+    from dorobot_assets.defs.partitions import recordings
+    from dorobot_assets.defs.resources import ConversionResource, StorageResource
+    from dorobot_assets.definitions import defs
+
     instance.add_dynamic_partitions(recordings.name, [key])
     run_resources = {
         "storage": StorageResource(
