@@ -292,6 +292,38 @@ def test_video_frame_count_fails_on_a_truncated_video(dataset):
     assert check("video_timestamps", dataset).passed  # the metadata is intact, the file is not
 
 
+def test_video_frame_count_fails_on_an_mp4_cut_short(dataset):
+    """The index says 40 frames; the copy of the file stopped inside frame 39 (0-based 38)."""
+    from dorobot_assets.lib import mp4
+
+    path = dataset / VIDEO_1
+    track = mp4.read_mp4(path).tracks[0]
+    assert track.sample_count == 40  # episodes 2 and 3: 22 + 18 frames
+    path.write_bytes(path.read_bytes()[: int(track.offsets[38]) + 1])
+    result = check("video_frame_count", dataset)
+    assert_fails(result, "video_frame_count", "1 camera episodes have a frame count different from their length; "
+                 f"{CAMERA} episode 2: file truncated: 2 of 40 frames lie beyond its end {VIDEO_1}")
+    assert result.offending == [{"video_key": CAMERA, "episode_index": 2, "file": VIDEO_1,
+                                 "fault": "file truncated: 2 of 40 frames lie beyond its end"}]
+    assert result.counts == {"cameras": 1, "files": 1, "episodes_checked": 2, "offending": 1}
+
+
+def test_video_frame_count_demuxes_an_mp4_its_index_reader_does_not_take(dataset):
+    """A fragmented mp4 (moof boxes) holding the same frames: counted by demuxing with PyAV."""
+    path = dataset / VIDEO_1
+    fragmented = path.with_name("fragmented.mp4")
+    with av.open(str(path)) as source, av.open(str(fragmented), "w", format="mp4",
+                                               options={"movflags": "frag_keyframe+empty_moov"}) as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    fragmented.replace(path)
+    assert check("video_frame_count", dataset).counts == {"cameras": 1, "files": 2, "episodes_checked": 4,
+                                                          "offending": 0}
+
+
 def test_video_pts_alignment_fails_on_a_sub_frame_shift_only_in_deep_mode(dataset):
     def shift(t):
         for column in (f"videos/{CAMERA}/from_timestamp", f"videos/{CAMERA}/to_timestamp"):

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from dorobot_assets.lib import mp4
 from dorobot_assets.lib.errors import DorobotError
 from dorobot_assets.lib.stats import STATS_PREFIX
 from dorobot_assets.lib.v30 import (
@@ -899,7 +900,8 @@ def episodes_files_exist(view: DatasetView) -> CheckResult:
 
 def _video_placements(view: DatasetView, con, key: str) -> list[dict] | None:
     cols = _placement_columns("videos", key)
-    if any(c not in set(view.columns(con, "episodes")) for c in cols):
+    present = set(view.columns(con, "episodes"))  # once, not once per column
+    if any(c not in present for c in cols):
         return None
     sql = (f"SELECT episode_index, length, {', '.join(q(c) for c in cols)} FROM episodes ORDER BY ep_row")
     return [dict(zip(("episode_index", "length", "chunk_index", "file_index", "from_timestamp", "to_timestamp"), r))
@@ -911,8 +913,32 @@ def _open_video(view: DatasetView, key: str, chunk: int, file_: int) -> tuple[st
     return rel, resolve_inside(view.root, rel)
 
 
+class TruncatedVideo(Exception):
+    """An mp4 whose index names samples beyond the end of the file."""
+
+    def __init__(self, samples: int, inside: int):
+        self.samples, self.inside = samples, inside
+        super().__init__(f"file truncated: {samples - inside} of {samples} frames lie beyond its end")
+
+
 def video_packet_times(path: Path) -> np.ndarray:
-    """Presentation times (s) of the first video stream's packets, sorted; demuxed, not decoded."""
+    """Presentation times (s) of the first video stream's packets, sorted, as FFmpeg demuxes them.
+
+    They come from the mp4's sample tables (lib/mp4.py reads the index, not the frames); a file
+    whose tables lib/mp4.py cannot turn into FFmpeg's packets exactly is demuxed with PyAV.
+    Raises :class:`TruncatedVideo` when the index names samples beyond the end of the file.
+    """
+    try:
+        times, _, samples, inside = mp4.presentation_times(path)
+    except (mp4.Mp4Error, OSError):
+        return demuxed_packet_times(path)
+    if inside < samples:
+        raise TruncatedVideo(samples, inside)
+    return times
+
+
+def demuxed_packet_times(path: Path) -> np.ndarray:
+    """:func:`video_packet_times` by demuxing every packet with PyAV (not decoding)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         tb = stream.time_base
@@ -1001,7 +1027,12 @@ def video_frame_count(view: DatasetView) -> CheckResult:
                 offending.append({"video_key": key, "episode_index": members[0]["episode_index"], "file": rel,
                                   "fault": "file missing"})
                 continue
-            times = video_packet_times(path)
+            try:
+                times = video_packet_times(path)
+            except TruncatedVideo as e:
+                offending.append({"video_key": key, "episode_index": members[0]["episode_index"], "file": rel,
+                                  "fault": str(e)})
+                continue
             files += 1
             for p in members:
                 checked += 1

@@ -1,11 +1,20 @@
 """videos/{video_key}/chunk-XXX/file-YYY.mp4: each camera's episode MP4s joined into few large files.
 
-Stream copy (the default, reference notes §3.5): per camera, in sorted key order, the packets of
-each episode MP4 are remuxed with PyAV into the current output file, their timestamps shifted by
-the summed durations of the episodes already in that file. No frame is decoded or re-encoded, so
-every frame decodes to exactly the pixels of the source. ``from_timestamp`` is that running sum
-and ``to_timestamp`` = from + the episode's own duration (``stream.duration * time_base``), as
-LeRobot records them; each episode's first frame sits exactly at its ``from_timestamp``.
+Stream copy (the default, reference notes §3.5): per camera, in sorted key order, the samples of
+each episode MP4 go into the current output file, their timestamps shifted by the summed
+durations of the episodes already in that file. No frame is decoded or re-encoded, so every frame
+decodes to exactly the pixels of the source. ``from_timestamp`` is that running sum and
+``to_timestamp`` = from + the episode's own duration (the stream duration FFmpeg reports, as
+LeRobot records it); each episode's first frame sits exactly at its ``from_timestamp``.
+
+How the bytes move: lib/mp4.py reads each source's sample tables from its ``moov`` box (the
+media bytes are never read into Python), writes the joined file's index, and has the kernel copy
+each source's samples in one call (``os.copy_file_range``). The result demuxes to exactly the
+packets a PyAV remux of the same episodes gives (bytes, pts, dts, duration, key flags, time
+base; tests/test_mp4.py compares them). A camera with any file that box copy does not handle
+exactly (fragmented MP4, several tracks, an edit list FFmpeg would cut, sample descriptions that
+differ within one output file, ...) is remuxed packet by packet with PyAV instead, as before,
+and the log says why.
 
 Placement: the size rule of lib/rollover.py over each source MP4's on-disk size; every camera
 rolls over on its own. Parameter changes: two MP4s can share one file by stream copy only when
@@ -14,16 +23,20 @@ AV1 sequence header) are all equal; at each change a new output file starts
 (``new_file_before``). We chose that over re-encoding: it keeps every frame bit-exact and costs
 nothing, and readers resolve files per episode anyway. The ``reencode`` setting instead
 transcodes every episode through the configured encoder (lib/encoders.py) and joins the results
-the same way (placement then follows the transcoded sizes).
+with PyAV the same way (placement then follows the transcoded sizes).
 
 Bad input is refused before anything is written: every source MP4 of every kept camera is
-opened and all its packets are read (not decoded), which catches missing, unreadable and
-truncated files, a missing video stream and frame counts that differ from the episode length.
-Memory stays at one packet (one frame when re-encoding); cameras run on a bounded thread pool.
+checked from its headers, which catches missing and unreadable files, a missing video stream,
+files cut short (samples beyond the end of the file) and frame counts that differ from the
+episode length; files box copy does not handle are read packet by packet with PyAV as before.
+Memory stays at the sample tables (one packet, one frame when re-encoding, on the PyAV paths);
+cameras run on a bounded thread pool.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -35,6 +48,7 @@ from typing import Callable, TypeVar
 import av
 import pyarrow as pa
 
+from dorobot_assets.lib import mp4
 from dorobot_assets.lib.data import remove_unplanned
 from dorobot_assets.lib.encoders import EncodeCancelled, VideoEncoder
 from dorobot_assets.lib.errors import OutputError, RecordingError
@@ -82,7 +96,7 @@ class StreamParams:
 
 @dataclass(frozen=True)
 class SourceVideo:
-    """One episode MP4 of one camera, as probed."""
+    """One episode MP4 of one camera, as checked."""
 
     camera: str
     episode_index: int
@@ -92,6 +106,9 @@ class SourceVideo:
     start: int  # pts of the first frame, in time-base ticks
     duration: int  # in time-base ticks
     params: StreamParams
+    # its sample tables, for box copy; None when it was probed with PyAV (see remux_reason)
+    part: mp4.Part | None = field(default=None, compare=False, repr=False)
+    remux_reason: str | None = None  # why box copy cannot take this file
 
     @property
     def duration_s(self) -> Fraction:
@@ -102,8 +119,155 @@ def _bad(code: str, path: Path, camera: str, episode: int, fault: str) -> Record
     return RecordingError(code, path, f"camera {camera!r}, episode {episode}: {fault}")
 
 
+# ----------------------------------------------------------------------------- checking sources
+
+
+def pix_fmt_stand_in(track: mp4.Mp4Track) -> str:
+    """The pixel format a decoder will report, from the codec configuration alone.
+
+    The headers do not name a pixel format; chroma subsampling and bit depth are in the
+    configuration (av1C fields, hvcC fields, the H.264 SPS inside avcC), so this gives FFmpeg's
+    name for them (``yuv420p``, ``yuv422p10le``, ``gray``, ...). Range (``yuvj*``) is not
+    derived; a range change still starts a new file, through the configuration digest.
+    """
+    return _pix_fmt_of(track.config_type, track.config)
+
+
+@functools.lru_cache(maxsize=256)  # a camera's episodes share one configuration
+def _pix_fmt_of(config_type: bytes, config: bytes) -> str:
+    chroma_depth = None
+    try:
+        if config_type == b"av1C" and len(config) >= 3:
+            b = config[2]  # high_bitdepth, twelve_bit, monochrome, subsampling x, y
+            depth = 12 if b & 0x20 else 10 if b & 0x40 else 8
+            chroma = 0 if b & 0x10 else {(1, 1): 1, (1, 0): 2, (0, 0): 3}.get(((b >> 3) & 1, (b >> 2) & 1))
+            chroma_depth = (chroma, depth)
+        elif config_type == b"hvcC" and len(config) >= 19:
+            chroma_depth = (config[16] & 3, 8 + (config[17] & 7))
+        elif config_type == b"avcC":
+            chroma_depth = _h264_chroma_depth(config)
+    except (IndexError, ValueError):
+        chroma_depth = None
+    if chroma_depth is None or chroma_depth[0] is None:
+        return "unknown"
+    chroma, depth = chroma_depth
+    name = "gray" if chroma == 0 else ("yuv420p", "yuv422p", "yuv444p")[chroma - 1]
+    return name if depth == 8 else f"{name}{depth}le"
+
+
+HIGH_H264_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
+
+
+def _h264_chroma_depth(avcc: bytes) -> tuple[int, int] | None:
+    """(chroma_format_idc, luma bit depth) from the first SPS in an avcC box."""
+    if len(avcc) < 8 or avcc[5] & 0x1F == 0:
+        return None
+    length = int.from_bytes(avcc[6:8], "big")
+    nal = avcc[8: 8 + length]
+    rbsp = bytearray()
+    zeros = 0
+    for byte in nal[1:]:  # drop emulation prevention bytes (00 00 03)
+        if zeros >= 2 and byte == 3:
+            zeros = 0
+            continue
+        rbsp.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    bits = "".join(f"{b:08b}" for b in rbsp[:32])
+    pos = 0
+
+    def ue() -> int:
+        nonlocal pos
+        lead = bits.index("1", pos) - pos
+        value = int(bits[pos + lead: pos + 2 * lead + 1], 2) - 1
+        pos += 2 * lead + 1
+        return value
+
+    profile = rbsp[0]
+    pos = 24  # profile_idc, constraint flags, level_idc
+    ue()  # seq_parameter_set_id
+    if profile not in HIGH_H264_PROFILES:
+        return 1, 8
+    chroma = ue()
+    if chroma == 3:
+        pos += 1  # separate_colour_plane_flag
+    return chroma, 8 + ue()
+
+
+def inspect_video(path: Path, camera: str, episode_index: int, expected_frames: int) -> SourceVideo:
+    """Check one source MP4 from its headers (its media bytes are not read); raise RecordingError
+    on any fault. A file box copy does not handle exactly is probed with PyAV instead
+    (:func:`probe_video`) and carries the reason in ``remux_reason``."""
+    path = path if isinstance(path, Path) else Path(path)
+    try:
+        movie = mp4.read_mp4(path)
+    except mp4.Mp4Malformed as e:
+        raise _bad("video_unreadable", path, camera, episode_index, f"cannot be opened as a video file: {e}") from e
+    except OSError as e:
+        if not path.is_file():
+            raise _bad("missing_video_file", path, camera, episode_index, "the mp4 is missing") from e
+        raise _bad("video_unreadable", path, camera, episode_index, f"cannot be opened as a video file: {e}") from e
+    except mp4.Mp4Unsupported as e:
+        return _probed_for_remux(path, camera, episode_index, expected_frames, str(e))
+    videos = movie.video_tracks()
+    if not videos:
+        kinds = sorted({t.kind for t in movie.tracks}) or ["none"]
+        raise _bad("no_video_stream", path, camera, episode_index,
+                   f"has no video stream (streams found: {', '.join(kinds)})")
+    track = videos[0]
+    reason = _box_copy_obstacle(movie, track)
+    if reason is not None:
+        return _probed_for_remux(path, camera, episode_index, expected_frames, reason)
+    declared = track.sample_count
+    inside = movie.samples_within_file(track)
+    if inside < declared:
+        raise _bad("video_truncated", path, camera, episode_index,
+                   f"the header declares {declared} frames but only {inside} can be read (truncated or corrupt)")
+    try:
+        timeline = mp4.demuxed_timeline(movie, track)
+    except mp4.Mp4Unsupported as e:
+        return _probed_for_remux(path, camera, episode_index, expected_frames, str(e))
+    if timeline.frames != expected_frames:
+        raise _bad("video_frame_count_mismatch", path, camera, episode_index,
+                   f"has {timeline.frames} frames but episodes.jsonl says the episode has length {expected_frames}")
+    params = StreamParams(
+        codec=track.codec, width=track.width, height=track.height, pix_fmt=pix_fmt_stand_in(track),
+        time_base=Fraction(1, track.timescale), config_digest=hashlib.sha256(track.config).hexdigest()[:16],
+    )
+    return SourceVideo(
+        camera=camera, episode_index=episode_index, path=path, size_bytes=movie.size, frames=timeline.frames,
+        start=timeline.start, duration=timeline.duration, params=params, part=mp4.Part(movie, track, timeline),
+    )
+
+
+def _box_copy_obstacle(movie: mp4.Mp4File, track: mp4.Mp4Track) -> str | None:
+    """Why box copy cannot take this file (None: it can)."""
+    if movie.fragmented:
+        return "fragmented MP4 (moof boxes)"
+    if len(movie.tracks) != 1:
+        kinds = ", ".join(t.kind for t in movie.tracks)
+        return f"{len(movie.tracks)} tracks ({kinds}); box copy keeps files with one video track"
+    if track.codec is None:
+        return f"codec {track.fourcc.decode('latin-1')!r} (box copy knows avc1, hvc1, hev1, av01)"
+    if not track.config:
+        return f"no {mp4.CODECS[track.fourcc][1].decode()} box in the sample description"
+    if track.sample_entries != 1 or track.description_indices not in ((), (1,)):
+        return f"{track.sample_entries} sample descriptions"
+    if track.other_tables:
+        return f"sample table boxes box copy would drop: {', '.join(track.other_tables)}"
+    if not track.self_contained:
+        return "the samples are in another file (dref)"
+    if track.timescale <= 0:
+        return "no media time scale"
+    return None
+
+
+def _probed_for_remux(path: Path, camera: str, episode_index: int, expected_frames: int, reason: str) -> SourceVideo:
+    probed = probe_video(path, camera, episode_index, expected_frames)
+    return dataclasses.replace(probed, remux_reason=f"{path.name}: {reason}")
+
+
 def probe_video(path: Path, camera: str, episode_index: int, expected_frames: int) -> SourceVideo:
-    """Open ``path`` and read every packet (no decoding); raise RecordingError on any fault."""
+    """Open ``path`` with PyAV and read every packet (no decoding); raise RecordingError on any fault."""
     path = Path(path)
     if not path.is_file():
         raise _bad("missing_video_file", path, camera, episode_index, "the mp4 is missing")
@@ -171,7 +335,7 @@ def probe_camera(rec: Recording, video_key: str, cancel: threading.Event | None 
         path = ep.video_paths.get(video_key)
         if path is None:
             raise RecordingError("missing_video_file", rec.root, f"camera {video_key!r}: episode {ep.index} has no mp4 path")
-        sources.append(probe_video(path, video_key, ep.index, ep.length))
+        sources.append(inspect_video(path, video_key, ep.index, ep.length))
     return sources
 
 
@@ -184,7 +348,8 @@ def new_file_flags(sources: list[SourceVideo]) -> list[bool]:
 
 
 class _OutputFile:
-    """One output MP4 filled by stream copy; visible under its final name only once complete."""
+    """One output MP4 filled by PyAV remux, packet by packet (the fallback of box copy, and the
+    join of re-encoded episodes); visible under its final name only once complete."""
 
     def __init__(self, final: Path, cancel: threading.Event | None):
         self.final = final
@@ -259,6 +424,7 @@ class CameraResult:
     frames: int = 0
     notes: list[str] = field(default_factory=list)
     written: list[StreamParams] = field(default_factory=list)  # per episode, as written
+    remux_reason: str | None = None  # why the files were remuxed with PyAV (None: box copy)
 
 
 def _change_note(video_key: str, src: SourceVideo, before: SourceVideo, slot: FileSlot) -> str:
@@ -269,9 +435,11 @@ def _change_note(video_key: str, src: SourceVideo, before: SourceVideo, slot: Fi
 
 def copy_camera(
     video_key: str, sources: list[SourceVideo], dataset_root: Path, settings: ConversionSettings,
-    cancel: threading.Event | None = None,
+    cancel: threading.Event | None = None, *, remux: bool = False,
 ) -> CameraResult:
-    """Stream-copy one camera's episodes into its output files."""
+    """Stream-copy one camera's episodes into its output files: box copy (lib/mp4.py) when every
+    file allows it, else (or with ``remux``) PyAV remux packet by packet; ``remux_reason`` of the
+    result says why box copy was not used."""
     flags = new_file_flags(sources)
     slots = plan_rollover(
         [s.size_bytes / MB for s in sources], settings.video_file_size_mb,
@@ -281,14 +449,52 @@ def copy_camera(
     for i, flag in enumerate(flags):
         if flag:
             result.notes.append(_change_note(video_key, sources[i], sources[i - 1], slots[i]))
-    for slot, members in group_by_slot(slots):
+    groups = group_by_slot(slots)
+    if remux:
+        plans, result.remux_reason = None, "PyAV remux requested"
+    else:
+        plans, result.remux_reason = _box_plans(sources, groups)
+    for g, (slot, members) in enumerate(groups):
         final = Path(dataset_root) / video_file(video_key, slot.chunk_index, slot.file_index)
-        with _OutputFile(final, cancel) as out:
-            for i in members:
-                result.from_s[i], result.to_s[i] = out.append(sources[i])
+        if plans is not None:
+            _write_box_file(final, plans[g], cancel)
+            tb = sources[members[0]].params.time_base
+            for i, begin in zip(members, plans[g].begins):
+                result.from_s[i] = begin * tb
+                result.to_s[i] = result.from_s[i] + sources[i].duration_s
+            result.frames += plans[g].frames
+        else:
+            with _OutputFile(final, cancel) as out:
+                for i in members:
+                    result.from_s[i], result.to_s[i] = out.append(sources[i])
+            result.frames += out.frames
         result.files.append(final)
-        result.frames += out.frames
     return result
+
+
+def _box_plans(sources: list[SourceVideo], groups: list[tuple[FileSlot, list[int]]],
+               ) -> tuple[list[mp4.ConcatPlan] | None, str | None]:
+    """The layout of every output file of a camera (all planned before any is written), or None
+    and the reason when one of them cannot be written by box copy exactly."""
+    reason = next((s.remux_reason for s in sources if s.remux_reason), None)
+    if reason is not None:
+        return None, reason
+    try:
+        return [mp4.plan_concatenation([sources[i].part for i in members]) for _, members in groups], None
+    except mp4.Mp4Unsupported as e:
+        return None, str(e)
+
+
+def _write_box_file(final: Path, plan: mp4.ConcatPlan, cancel: threading.Event | None) -> None:
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise EncodeCancelled(f"{final}: cancelled")
+
+    with atomic_path(final) as tmp:
+        try:
+            mp4.write_concatenation(tmp, plan, check_cancel)
+        except mp4.SourceChanged as e:
+            raise RecordingError("video_changed", e.path, str(e)) from e
 
 
 def reencode_camera(
@@ -455,6 +661,8 @@ def write_videos(
         notes.extend(cam.notes)
         if log:
             log(f"videos: camera {k!r}: {n} episodes, {cam.frames} frames into {len(cam.files)} files")
+            if cam.remux_reason is not None and not reencode:
+                log(f"videos: camera {k!r}: PyAV remux (packet by packet) instead of box copy: {cam.remux_reason}")
     features_info: dict[str, dict] = {}
     if reencode:
         notes.extend(encoder.notes)

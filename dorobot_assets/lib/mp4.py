@@ -1,0 +1,858 @@
+"""MP4 (ISO base media) files at the box level: one video track's sample tables read from the
+headers alone, and one MP4 written whose samples are several files' samples back to back.
+
+lib/video.py joins a camera's episode MP4s with it instead of remuxing packet by packet: only the
+``moov`` box of each source is read (the media bytes are seeked over), the sample tables become
+numpy arrays, and the output's sample bytes are copied file to file by the kernel
+(``os.copy_file_range``). lib/validate.py reads the presentation times of output files the same way.
+
+Exactness is the contract. FFmpeg's MP4 demuxer (which PyAV, LeRobot and our PyAV fallback use)
+turns the tables into packets; :func:`demuxed_timeline` reproduces what it returns (dts, pts,
+duration, key flags, the stream's start and duration) for the tables FFmpeg's own muxer writes,
+and raises :class:`Mp4Unsupported` for anything else (several edits, leading or trailing samples
+cut by the edit list, negative composition offsets, ...). Key flags are the sync table's; for
+H.264 and AV1 FFmpeg re-derives them from the bitstream while demuxing, and the bytes are the
+same in both files. :func:`plan_concatenation` lays out the
+tables exactly as FFmpeg's MP4 muxer does when those packets are remuxed with their timestamps
+shifted (stts from dts differences, ctts, stss, mdhd/tkhd/mvhd durations in the same time scales,
+the same edit list), so demuxing the result gives the packets the PyAV remux gives, field by field.
+The sample entry (``stsd``: codec configuration, colour, aspect) is the first source's, byte for
+byte except the bit rates in ``btrt``, which describe the new file. The file is ``ftyp`` (the
+first source's), ``moov``, then one ``mdat`` with a 64-bit size holding every source's samples
+in order, one chunk per run of contiguous source bytes (usually one per source).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+INT32_MAX = 0x7FFFFFFF
+MOVIE_TIMESCALE = 1000  # FFmpeg's MP4 muxer writes mvhd/tkhd/elst durations in milliseconds
+EDGE_BYTES = 16 * 1024  # bytes read at each end of a file at once (box headers, a trailing moov)
+COPY_BLOCK = 64 * 1024 * 1024  # bytes per kernel copy call (the cancel flag is looked at in between)
+FALLBACK_BUFFER = 1024 * 1024  # bytes per read when the kernel cannot copy between the two files
+
+# Sample entry fourcc -> (codec name as FFmpeg calls it, configuration box). Codecs we have
+# checked end to end; another fourcc makes the file unsupported (PyAV remux instead).
+CODECS = {
+    b"avc1": ("h264", b"avcC"),
+    b"hvc1": ("hevc", b"hvcC"),
+    b"hev1": ("hevc", b"hvcC"),
+    b"av01": ("av1", b"av1C"),
+}
+HANDLER_KINDS = {b"vide": "video", b"soun": "audio", b"subt": "subtitle", b"sbtl": "subtitle",
+                 b"text": "subtitle", b"clcp": "subtitle"}
+# stbl children the reader understands; any other one (sgpd, sbgp, subs, ...) is noted and makes
+# the track unsupported for concatenation, because the writer would drop it.
+SAMPLE_TABLES = {b"stsd", b"stts", b"ctts", b"stss", b"sdtp", b"stsc", b"stsz", b"stz2", b"stco", b"co64"}
+# sdtp bytes as FFmpeg's muxer writes them: 0x20 a sync sample (depends on no other), 0x10 one that
+# depends on others, | 0x08 when no other sample depends on it (disposable).
+SYNC_DEPENDENCY, OTHER_DEPENDENCY, DISPOSABLE = 0x20, 0x10, 0x08
+FRAGMENT_BOXES = {b"moof", b"mvex", b"sidx", b"styp", b"mfra"}
+# Table entry layouts (compiled once: parsing a dtype string costs more than reading a table).
+RUNS = np.dtype([("count", ">u4"), ("value", ">u4")])  # stts, ctts version 0
+SIGNED_RUNS = np.dtype([("count", ">u4"), ("value", ">i4")])  # ctts version 1
+CHUNK_RUNS = np.dtype([("first_chunk", ">u4"), ("samples", ">u4"), ("description", ">u4")])  # stsc
+EDITS = np.dtype([("duration", ">u4"), ("media_time", ">i4"), ("rate", ">i4")])  # elst version 0
+LONG_EDITS = np.dtype([("duration", ">u8"), ("media_time", ">i8"), ("rate", ">i4")])  # elst version 1
+U32, U64 = np.dtype(">u4"), np.dtype(">u8")
+
+
+class Mp4Error(Exception):
+    """Base of the errors below; ``str(e)`` says what is wrong in words."""
+
+
+class Mp4Malformed(Mp4Error):
+    """The box structure is broken: no moov, a box cut off by the end of the file, ..."""
+
+
+class Mp4Unsupported(Mp4Error):
+    """A valid file this module does not handle exactly; callers fall back to PyAV."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _boxes(buf: bytes, start: int, end: int, where: str) -> Iterator[tuple[bytes, int, int, int]]:
+    """``(type, box start, payload start, box end)`` of each box in ``buf[start:end]``.
+
+    Inside a complete moov, an inconsistency makes the file unsupported rather than refused:
+    FFmpeg tolerates some, and the PyAV fallback then decides whether the file can be read.
+    """
+    pos = start
+    while end - pos >= 8:
+        size, kind = struct.unpack_from(">I4s", buf, pos)
+        header = 8
+        if size == 1:
+            if end - pos < 16:
+                raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} is cut off")
+            size = struct.unpack_from(">Q", buf, pos + 8)[0]
+            header = 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} claims {size} bytes, "
+                                 f"{end - pos} are left")
+        yield kind, pos, pos + header, pos + size
+        pos += size
+
+
+def _children(buf: bytes, start: int, end: int, where: str) -> dict[bytes, list[tuple[int, int]]]:
+    """Payload ranges ``(start, end)`` of the boxes in ``buf[start:end]``, by type."""
+    out: dict[bytes, list[tuple[int, int]]] = {}
+    for kind, _, a, b in _boxes(buf, start, end, where):
+        out.setdefault(kind, []).append((a, b))
+    return out
+
+
+def _one(children: dict, kind: bytes, where: str, required: bool = True) -> tuple[int, int] | None:
+    found = children.get(kind, [])
+    if len(found) > 1:
+        raise Mp4Unsupported(f"{where}: {len(found)} {kind.decode('latin-1')} boxes")
+    if not found:
+        if required:
+            raise Mp4Unsupported(f"{where}: no {kind.decode('latin-1')} box")
+        return None
+    return found[0]
+
+
+def _table(buf: bytes, a: int, b: int, entry: np.dtype, kind: str) -> np.ndarray:
+    """The entries of a full box ``version/flags, count, entries...`` as a big-endian array."""
+    if b - a < 8:
+        raise Mp4Unsupported(f"{kind} box too short")
+    (count,) = struct.unpack_from(">I", buf, a + 4)
+    width = entry.itemsize
+    if count * width > b - a - 8:
+        raise Mp4Unsupported(f"{kind} box declares {count} entries, holds {(b - a - 8) // width}")
+    return np.frombuffer(buf, dtype=entry, count=count, offset=a + 8)
+
+
+@dataclass
+class Mp4Track:
+    """One track: its headers and its samples in decode order (one array entry per sample)."""
+
+    track_id: int
+    handler: bytes  # b"vide", b"soun", ...
+    timescale: int  # mdhd: ticks per second of the sample tables
+    media_duration: int  # mdhd duration, in those ticks
+    language: int  # mdhd packed ISO-639-2 code
+    tkhd_matrix: bytes  # 36 bytes: the display matrix (rotation)
+    tkhd_width: int  # 16.16 fixed point, as stored (display size)
+    tkhd_height: int
+    edits: list[tuple[int, int, int]]  # elst: (segment duration in movie ticks, media time, rate 16.16)
+    has_edts: bool
+    stsd: bytes  # the whole stsd box, header included
+    btrt_at: int  # offset in stsd of the btrt box's three values (-1: none)
+    sample_entries: int
+    fourcc: bytes
+    width: int  # from the visual sample entry
+    height: int
+    config_type: bytes  # avcC / hvcC / av1C, b"" when absent
+    config: bytes  # its payload (FFmpeg's extradata for these codecs)
+    sizes: np.ndarray  # uint32 bytes per sample
+    offsets: np.ndarray  # int64 file offset per sample
+    deltas: np.ndarray  # uint32 stts duration per sample
+    composition: np.ndarray | None  # int64 ctts offset per sample (None: no ctts)
+    ctts_version: int
+    sync: np.ndarray | None  # bool per sample (None: no stss, every sample is a sync sample)
+    dependency: np.ndarray | None  # uint8 sdtp byte per sample (None: no sdtp)
+    description_indices: tuple[int, ...]  # stsc sample description indices used
+    other_tables: tuple[str, ...]  # stbl children not in SAMPLE_TABLES (sgpd, sbgp, subs, ...)
+    self_contained: bool  # dref: the samples are in this file
+
+    @property
+    def kind(self) -> str:
+        return HANDLER_KINDS.get(self.handler, "data")
+
+    @property
+    def codec(self) -> str | None:
+        entry = CODECS.get(self.fourcc)
+        return entry[0] if entry else None
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.sizes)
+
+
+@dataclass
+class Mp4File:
+    path: Path
+    size: int  # bytes on disk when read
+    mtime_ns: int
+    ftyp: bytes  # the whole ftyp box (b"" when absent)
+    movie_timescale: int
+    movie_duration: int
+    tracks: list[Mp4Track]
+    fragmented: bool
+    top_level: tuple[str, ...]  # top-level box types in file order
+
+    def video_tracks(self) -> list[Mp4Track]:
+        return [t for t in self.tracks if t.handler == b"vide"]
+
+    def samples_within_file(self, track: Mp4Track) -> int:
+        """How many samples lie entirely inside the file (fewer than all: a truncated file)."""
+        return int(np.count_nonzero(track.offsets + track.sizes <= self.size))
+
+
+class _FileBytes:
+    """Reads of one file, served from its first and last ``EDGE_BYTES`` when they cover them: an
+    episode file's top-level box headers and its index sit there, so most files take two reads."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size = fd, size
+        self.head = os.pread(fd, min(size, EDGE_BYTES), 0)
+        self.tail_start = max(len(self.head), size - EDGE_BYTES)
+        self.tail = os.pread(fd, size - self.tail_start, self.tail_start) if size > self.tail_start else b""
+
+    def read(self, pos: int, n: int) -> bytes:
+        end = min(pos + n, self.size)
+        if end <= len(self.head):
+            return self.head[pos:end]
+        if pos >= self.tail_start:
+            return self.tail[pos - self.tail_start:end - self.tail_start]
+        return os.pread(self.fd, end - pos, pos)
+
+
+def read_mp4(path: Path | str) -> Mp4File:
+    """Read the box tree of ``path`` without reading its media bytes.
+
+    Raises :class:`Mp4Malformed` when the file cannot be an MP4 (no moov, moov cut off),
+    :class:`Mp4Unsupported` when it is one we do not handle exactly, ``OSError`` when unreadable.
+    """
+    path = path if isinstance(path, Path) else Path(path)  # Path(Path) re-parses: costly per file
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        size = st.st_size
+        data = _FileBytes(f.fileno(), size)
+        top: list[tuple[bytes, int, int, int]] = []  # (type, start, header, size)
+        pos = 0
+        while size - pos >= 8:
+            head = data.read(pos, 16)
+            box_size, kind = struct.unpack_from(">I4s", head)
+            header = 8
+            if box_size == 1:
+                if len(head) < 16:
+                    break
+                box_size = struct.unpack_from(">Q", head, 8)[0]
+                header = 16
+            elif box_size == 0:
+                box_size = size - pos
+            if box_size < header or not _plausible_type(kind):
+                if any(k == b"moov" for k, *_ in top):
+                    break  # trailing bytes after a complete index: readers ignore them
+                raise Mp4Malformed(f"not an MP4 box structure at byte {pos} (type {kind!r}, size {box_size})")
+            top.append((kind, pos, header, box_size))
+            pos += box_size
+        kinds = tuple(k.decode("latin-1") for k, *_ in top)
+        moovs = [(s, h, n) for k, s, h, n in top if k == b"moov"]
+        if not moovs:
+            cut = [k.decode("latin-1") for k, s, h, n in top if s + n > size]
+            why = f" ({cut[0]} box cut off by the end of the file)" if cut else ""
+            raise Mp4Malformed(f"no moov box (the index of the samples){why}; top-level boxes: "
+                               f"{', '.join(kinds) or 'none'}")
+        if len(moovs) > 1:
+            raise Mp4Unsupported(f"{len(moovs)} moov boxes")
+        start, header, box_size = moovs[0]
+        if start + box_size > size:
+            raise Mp4Malformed(f"the moov box is cut off: it claims {box_size} bytes, the file ends "
+                               f"{size - start} bytes after its start")
+        moov = data.read(start + header, box_size - header)
+        ftyps = [(s, n) for k, s, h, n in top if k == b"ftyp"]
+        ftyp = data.read(*ftyps[0]) if ftyps and ftyps[0][1] <= 4096 else b""
+    fragmented = any(k in FRAGMENT_BOXES for k, *_ in top)
+    try:
+        return _parse_moov(path, size, st.st_mtime_ns, ftyp, moov, fragmented, kinds)
+    except (struct.error, ValueError, IndexError) as e:  # a box shorter than its fields
+        raise Mp4Unsupported(f"a box inside moov is too short for its fields ({e})") from e
+
+
+def _plausible_type(kind: bytes) -> bool:
+    return all(32 <= c < 127 or c == 0xA9 for c in kind)
+
+
+def _parse_moov(path: Path, size: int, mtime_ns: int, ftyp: bytes, moov: bytes, fragmented: bool,
+                kinds: tuple[str, ...]) -> Mp4File:
+    top = _children(moov, 0, len(moov), "moov")
+    if b"mvex" in top:
+        fragmented = True
+    mvhd = _one(top, b"mvhd", "moov")
+    a, _ = mvhd
+    version = moov[a]
+    if version == 1:
+        timescale, duration = struct.unpack_from(">IQ", moov, a + 20)
+    else:
+        timescale, duration = struct.unpack_from(">II", moov, a + 12)
+    tracks = [_parse_trak(moov, ta, tb, i) for i, (ta, tb) in enumerate(top.get(b"trak", []))]
+    return Mp4File(path=path, size=size, mtime_ns=mtime_ns, ftyp=ftyp, movie_timescale=timescale,
+                   movie_duration=duration, tracks=tracks, fragmented=fragmented, top_level=kinds)
+
+
+def _parse_trak(buf: bytes, start: int, end: int, index: int) -> Mp4Track:
+    where = f"track {index + 1}"
+    trak = _children(buf, start, end, where)
+    a, _ = _one(trak, b"tkhd", where)
+    version = buf[a]
+    if version == 1:
+        track_id = struct.unpack_from(">I", buf, a + 20)[0]
+        rest = a + 36
+    else:
+        track_id = struct.unpack_from(">I", buf, a + 12)[0]
+        rest = a + 24
+    # reserved(8) layer(2) group(2) volume(2) reserved(2) matrix(36) width(4) height(4)
+    matrix = bytes(buf[rest + 16: rest + 52])
+    tkhd_width, tkhd_height = struct.unpack_from(">II", buf, rest + 52)
+
+    edits: list[tuple[int, int, int]] = []
+    edts = _one(trak, b"edts", where, required=False)
+    if edts is not None:
+        elst = _one(_children(buf, edts[0], edts[1], where), b"elst", where, required=False)
+        if elst is not None:
+            ea, eb = elst
+            ev = buf[ea]
+            table = _table(buf, ea, eb, LONG_EDITS if ev == 1 else EDITS, "elst")
+            edits = [(int(d), int(m), int(r)) for d, m, r in table.tolist()]
+
+    ma, mb = _one(trak, b"mdia", where)
+    mdia = _children(buf, ma, mb, where)
+    ha, _ = _one(mdia, b"hdlr", where)
+    handler = bytes(buf[ha + 8: ha + 12])
+    da, _ = _one(mdia, b"mdhd", where)
+    if buf[da] == 1:
+        timescale, media_duration, language = struct.unpack_from(">IQH", buf, da + 20)
+    else:
+        timescale, media_duration, language = struct.unpack_from(">IIH", buf, da + 12)
+    ia, ib = _one(mdia, b"minf", where)
+    minf = _children(buf, ia, ib, where)
+    self_contained = _self_contained(buf, minf, where)
+    sa, sb = _one(minf, b"stbl", where)
+    stbl = _children(buf, sa, sb, where)
+
+    stsd_a, stsd_b = _one(stbl, b"stsd", where)
+    stsd_start = stsd_a - 8
+    if struct.unpack_from(">I", buf, stsd_start)[0] != stsd_b - stsd_start:
+        raise Mp4Unsupported(f"{where}: stsd box with a 64-bit size")
+    stsd = bytes(buf[stsd_start:stsd_b])
+    entries = struct.unpack_from(">I", buf, stsd_a + 4)[0]
+    fourcc, width, height, config_type, config, btrt_at = b"", 0, 0, b"", b"", -1
+    first = next(_boxes(buf, stsd_a + 8, stsd_b, f"{where} stsd"), None)
+    if first is not None:
+        fourcc, _, ea, eb = first
+        if handler == b"vide" and eb - ea >= 78:
+            # visual sample entry: 24 bytes of fields, width, height, 50 more bytes, then boxes
+            width, height = struct.unpack_from(">HH", buf, ea + 24)
+            wanted = CODECS.get(fourcc, (None, None))[1]
+            for kind, _, ca, cb in _boxes(buf, ea + 78, eb, f"{where} sample entry"):
+                if kind == wanted:
+                    config_type, config = kind, bytes(buf[ca:cb])
+                elif kind == b"btrt" and cb - ca == 12:
+                    btrt_at = ca - stsd_start
+
+    sz = _one(stbl, b"stsz", where, required=False)
+    if sz is not None:
+        za, zb = sz
+        sample_size, count = struct.unpack_from(">II", buf, za + 4)
+        if sample_size:
+            sizes = np.full(count, sample_size, np.uint32)
+        else:
+            if count * 4 > zb - za - 12:
+                raise Mp4Unsupported(f"{where}: stsz declares {count} samples, holds {(zb - za - 12) // 4}")
+            sizes = np.frombuffer(buf, U32, count, za + 12).astype(np.uint32)
+    else:
+        z2 = _one(stbl, b"stz2", where)
+        za, zb = z2
+        field_size, count = buf[za + 7], struct.unpack_from(">I", buf, za + 8)[0]
+        if field_size == 16:
+            sizes = np.frombuffer(buf, ">u2", count, za + 12).astype(np.uint32)
+        elif field_size == 8:
+            sizes = np.frombuffer(buf, "u1", count, za + 12).astype(np.uint32)
+        elif field_size == 4:
+            packed = np.frombuffer(buf, "u1", (count + 1) // 2, za + 12)
+            sizes = np.stack([packed >> 4, packed & 15], axis=1).reshape(-1)[:count].astype(np.uint32)
+        else:
+            raise Mp4Unsupported(f"{where}: stz2 field size {field_size}")
+    n = len(sizes)
+
+    stts = _table(buf, *_one(stbl, b"stts", where), RUNS, "stts")
+    counts = stts["count"].astype(np.int64)
+    if int(counts.sum()) != n:
+        raise Mp4Unsupported(f"{where}: stts covers {int(counts.sum())} samples, stsz has {n}")
+    deltas = np.repeat(stts["value"].astype(np.uint32), counts)
+
+    composition, ctts_version = None, 0
+    ct = _one(stbl, b"ctts", where, required=False)
+    if ct is not None:
+        ctts_version = buf[ct[0]]
+        ctts = _table(buf, *ct, SIGNED_RUNS if ctts_version == 1 else RUNS, "ctts")
+        ccounts = ctts["count"].astype(np.int64)
+        if int(ccounts.sum()) != n:
+            raise Mp4Unsupported(f"{where}: ctts covers {int(ccounts.sum())} samples, stsz has {n}")
+        composition = np.repeat(ctts["value"].astype(np.int64), ccounts)
+
+    sync = None
+    ss = _one(stbl, b"stss", where, required=False)
+    if ss is not None:
+        numbers = _table(buf, *ss, U32, "stss").astype(np.int64)
+        if len(numbers) and (numbers.min() < 1 or numbers.max() > n):
+            raise Mp4Unsupported(f"{where}: stss names samples outside 1..{n}")
+        sync = np.zeros(n, bool)
+        sync[numbers - 1] = True
+
+    dependency = None
+    dt = _one(stbl, b"sdtp", where, required=False)
+    if dt is not None:
+        dependency = np.frombuffer(buf, np.uint8, dt[1] - dt[0] - 4, dt[0] + 4)
+
+    co = _one(stbl, b"co64", where, required=False)
+    chunk_offsets = (_table(buf, *co, U64, "co64") if co is not None
+                     else _table(buf, *_one(stbl, b"stco", where), U32, "stco")).astype(np.int64)
+    stsc = _table(buf, *_one(stbl, b"stsc", where), CHUNK_RUNS, "stsc")
+    offsets, indices = _sample_offsets(stsc, chunk_offsets, sizes, where)
+
+    other = tuple(sorted(k.decode("latin-1") for k in stbl if k not in SAMPLE_TABLES))
+    return Mp4Track(
+        track_id=track_id, handler=handler, timescale=timescale, media_duration=media_duration,
+        language=language, tkhd_matrix=matrix, tkhd_width=tkhd_width, tkhd_height=tkhd_height,
+        edits=edits, has_edts=edts is not None, stsd=stsd, btrt_at=btrt_at, sample_entries=entries, fourcc=fourcc,
+        width=width, height=height, config_type=config_type, config=config, sizes=sizes, offsets=offsets,
+        deltas=deltas, composition=composition, ctts_version=ctts_version, sync=sync, dependency=dependency,
+        description_indices=indices, other_tables=other, self_contained=self_contained,
+    )
+
+
+def _self_contained(buf: bytes, minf: dict, where: str) -> bool:
+    dinf = _one(minf, b"dinf", where, required=False)
+    if dinf is None:
+        return True
+    dref = _one(_children(buf, dinf[0], dinf[1], where), b"dref", where, required=False)
+    if dref is None:
+        return True
+    entries = list(_boxes(buf, dref[0] + 8, dref[1], f"{where} dref"))
+    # flag 1 on a 'url ' entry: the media data is in this file
+    return len(entries) == 1 and entries[0][0] in (b"url ", b"urn ") and buf[entries[0][2] + 3] & 1 == 1
+
+
+def _sample_offsets(stsc: np.ndarray, chunk_offsets: np.ndarray, sizes: np.ndarray,
+                    where: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """File offset of every sample from the chunk tables (stsc runs over stco/co64)."""
+    n, n_chunks = len(sizes), len(chunk_offsets)
+    first = stsc["first_chunk"].astype(np.int64)
+    if len(first) == 0:
+        if n:
+            raise Mp4Unsupported(f"{where}: samples but an empty stsc")
+        return np.zeros(0, np.int64), ()
+    if first[0] != 1 or np.any(np.diff(first) <= 0) or first[-1] > max(n_chunks, 1):
+        raise Mp4Unsupported(f"{where}: stsc chunk numbers out of order or beyond the {n_chunks} chunks")
+    # entry i covers chunks first[i] .. first[i + 1] - 1 (the last one up to the last chunk)
+    chunks_per_entry = np.diff(np.append(first, n_chunks + 1))
+    samples_in_chunk = np.repeat(stsc["samples"].astype(np.int64), chunks_per_entry)
+    if int(samples_in_chunk.sum()) != n:
+        raise Mp4Unsupported(f"{where}: the chunks hold {int(samples_in_chunk.sum())} samples, stsz has {n}")
+    in_track = np.cumsum(sizes, dtype=np.int64) - sizes  # where each sample would be in one chunk
+    if n_chunks == 1:
+        offsets = in_track + chunk_offsets[0]
+    else:
+        first_sample = np.minimum(np.cumsum(samples_in_chunk) - samples_in_chunk, max(n - 1, 0))
+        offsets = np.repeat(chunk_offsets - in_track[first_sample], samples_in_chunk) + in_track
+    return offsets, tuple(sorted(set(stsc["description"].tolist())))
+
+
+# ----------------------------------------------------------------------------- timestamps as demuxed
+
+
+def _rescale_nearest(value: int, to_scale: int, from_scale: int) -> int:
+    """``value`` ticks of ``from_scale`` in ``to_scale`` ticks, halves away from zero (av_rescale)."""
+    q, r = divmod(abs(value) * to_scale, from_scale)
+    out = q + (1 if 2 * r >= from_scale else 0)
+    return out if value >= 0 else -out
+
+
+def _rescale_up(value: int, to_scale: int, from_scale: int) -> int:
+    return -((-value * to_scale) // from_scale)
+
+
+def _rescale_down(value: int, to_scale: int, from_scale: int) -> int:
+    return (value * to_scale) // from_scale
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The packets FFmpeg's demuxer returns for a track, in the track's time base (1/timescale).
+
+    Only the shift is stored; dts and pts are computed from the track's tables when asked for,
+    so a camera's thousands of checked sources keep one copy of their tables."""
+
+    durations: np.ndarray  # stts duration per packet (the track's array)
+    composition: np.ndarray | None  # ctts offset per packet (the track's array; None: pts = dts)
+    shift: int  # subtracted from the table's decode and composition times
+    keyframes: np.ndarray  # bool
+    disposable: np.ndarray | None  # bool: no other frame depends on it (sdtp); None: none is
+    start: int  # the stream's start time (pts of the first packet, the smallest)
+    duration: int  # the stream's duration as FFmpeg reports it
+
+    @property
+    def frames(self) -> int:
+        return len(self.durations)
+
+    @property
+    def dts(self) -> np.ndarray:
+        out = np.empty(len(self.durations), np.int64)
+        out[0] = -self.shift
+        np.cumsum(self.durations[:-1], dtype=np.int64, out=out[1:])
+        out[1:] -= self.shift
+        return out
+
+    @property
+    def pts(self) -> np.ndarray:
+        dts = self.dts
+        return dts if self.composition is None else dts + self.composition
+
+
+def demuxed_timeline(movie: Mp4File, track: Mp4Track) -> Timeline:
+    """What FFmpeg's MP4 demuxer makes of ``track``: every sample becomes a packet.
+
+    Covered: no edit list, or one edit at normal rate that starts at or before the first
+    presentation time and reaches past the last one (what FFmpeg's muxer writes, including the
+    shift that B-frames need). FFmpeg then moves the timeline so the first frame is at 0, takes
+    packet durations from stts and reports the smallest of the mdhd duration, the stts total and
+    the edit's duration as the stream's. Anything else raises :class:`Mp4Unsupported`.
+    """
+    n = track.sample_count
+    if n == 0:
+        raise Mp4Unsupported("the track has no samples")
+    deltas = track.deltas
+    if int(deltas.min()) <= 0:
+        raise Mp4Unsupported("a sample with zero duration (stts)")
+    cts = track.composition
+    if cts is not None and int(cts.min()) < 0:
+        raise Mp4Unsupported("negative composition offsets (ctts version 1)")
+    timeline = Timeline(durations=deltas, composition=cts, shift=0, keyframes=track.sync, disposable=None,
+                        start=0, duration=0)
+    pts = timeline.pts
+    keyframes = track.sync if track.sync is not None else np.ones(n, bool)
+    disposable = None
+    if track.dependency is not None:
+        dep = track.dependency
+        canonical = np.where(keyframes, SYNC_DEPENDENCY, OTHER_DEPENDENCY)
+        if len(dep) != n or not np.array_equal(dep & ~np.uint8(DISPOSABLE), canonical):
+            raise Mp4Unsupported("sdtp values other than FFmpeg's (sync / depends / disposable)")
+        disposable = (dep & DISPOSABLE) != 0
+    if n > 1 and int(pts[0]) >= int(pts[1:].min()):
+        raise Mp4Unsupported("the first sample is not the first one presented")
+    duration = min(track.media_duration, int(deltas.sum()))
+    shift = 0
+    if track.has_edts or track.edits:
+        if len(track.edits) != 1:
+            raise Mp4Unsupported(f"an edit list with {len(track.edits)} entries")
+        segment, media_time, rate = track.edits[0]
+        if rate != 0x10000 or media_time < 0 or segment <= 0 or movie.movie_timescale <= 0:
+            raise Mp4Unsupported(f"edit list entry (duration {segment}, media time {media_time}, "
+                                 f"rate {rate / 65536:g})")
+        span = _rescale_nearest(segment, track.timescale, movie.movie_timescale)
+        end = media_time + span
+        if int(pts[0]) < media_time or int(pts.max()) >= end:
+            raise Mp4Unsupported("the edit list cuts samples off")
+        if not keyframes[0]:
+            raise Mp4Unsupported("the edit list starts on a sample that is not a sync sample")
+        # FFmpeg stops reading the table at the first (with ctts: second) sync sample whose
+        # presentation reaches the end of the edit; later samples would be dropped.
+        following = np.empty(n, np.int64)
+        following[:-1] = deltas[:-1]
+        following[-1] = span
+        reaching = np.flatnonzero(keyframes & (pts + following >= end))
+        stop_at = 1 if cts is not None else 0
+        if len(reaching) > stop_at and int(reaching[stop_at]) < n - 1:
+            raise Mp4Unsupported("the edit list ends before the last samples")
+        shift = int(pts[0])  # FFmpeg moves the first presented frame to 0
+        duration = min(duration, span)
+    if duration <= 0:
+        raise Mp4Unsupported("the track has no duration")
+    return Timeline(durations=deltas, composition=cts, shift=shift, keyframes=keyframes, disposable=disposable,
+                    start=int(pts[0]) - shift, duration=int(duration))
+
+
+def presentation_times(path: Path | str) -> tuple[np.ndarray, float, int, int]:
+    """Sorted presentation times in seconds of the first video track's packets, as FFmpeg
+    demuxes them, plus the time base and (samples, samples inside the file): fewer inside than
+    samples means a truncated file. Raises :class:`Mp4Error` when the headers do not tell."""
+    movie = read_mp4(path)
+    if movie.fragmented:
+        raise Mp4Unsupported("fragmented MP4 (moof)")
+    videos = movie.video_tracks()
+    if not videos:
+        raise Mp4Unsupported("no video track")
+    track = videos[0]
+    timeline = demuxed_timeline(movie, track)
+    tb = 1.0 / track.timescale
+    times = np.sort(timeline.pts.astype(np.float64) * tb)
+    return times, tb, track.sample_count, movie.samples_within_file(track)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _box(kind: bytes, *payload: bytes) -> bytes:
+    body = b"".join(payload)
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def _full_box(kind: bytes, version: int, flags: int, *payload: bytes) -> bytes:
+    return _box(kind, struct.pack(">I", (version << 24) | flags), *payload)
+
+
+def _run_lengths(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, values) of the runs of equal consecutive values."""
+    if len(values) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(values[1:] != values[:-1]) + 1])
+    counts = np.diff(np.concatenate([starts, [len(values)]]))
+    return counts, values[starts]
+
+
+def _pairs(first: np.ndarray, second: np.ndarray, dtype: str = ">u4") -> bytes:
+    out = np.empty((len(first), 2), dtype)
+    out[:, 0], out[:, 1] = first, second
+    return out.tobytes()
+
+
+def _stsd_without_bit_rates(track: Mp4Track) -> bytes:
+    """The sample description with the btrt values zeroed (they describe one file's bit rate)."""
+    at = track.btrt_at
+    return track.stsd if at < 0 else track.stsd[:at] + bytes(12) + track.stsd[at + 12:]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One source file's samples as they go into an output file."""
+
+    movie: Mp4File
+    track: Mp4Track
+    timeline: Timeline
+
+
+@dataclass
+class ConcatPlan:
+    """Everything about one output file but its sample bytes: the index and where bytes go."""
+
+    parts: list[Part]
+    begins: list[int]  # per part: where its time range starts in the file (ticks): the parts before it
+    head: bytes  # ftyp + moov + mdat header, written before the samples
+    runs: list[list[tuple[int, int]]]  # per part: (source offset, length) of contiguous byte runs
+    frames: int
+    size: int  # bytes of the finished file
+
+
+def plan_concatenation(parts: list[Part]) -> ConcatPlan:
+    """Lay out the file FFmpeg's MP4 muxer would write for the parts' packets, each part's
+    timestamps shifted so that it starts where the parts before it end (their summed durations).
+
+    Raises :class:`Mp4Unsupported` when the parts cannot share one sample description or the
+    shifted decode times would not increase (the muxer would refuse those packets).
+    """
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    first = parts[0].track
+    timescale = first.timescale
+    description = _stsd_without_bit_rates(first)
+    for p in parts[1:]:
+        if p.track.timescale != timescale:
+            raise Mp4Unsupported(f"{p.movie.path.name}: time scale {p.track.timescale}, not {timescale}")
+        if _stsd_without_bit_rates(p.track) != description:
+            raise Mp4Unsupported(f"{p.movie.path.name}: its sample description differs from "
+                                 f"{parts[0].movie.path.name}'s")
+
+    begins, shifts, offset = [], [], 0
+    for p in parts:
+        begins.append(offset)
+        shifts.append(offset - p.timeline.start)
+        offset += p.timeline.duration
+    dts = np.concatenate([p.timeline.dts + s for p, s in zip(parts, shifts)])
+    cts = np.concatenate([p.timeline.composition if p.timeline.composition is not None
+                          else np.zeros(p.timeline.frames, np.int64) for p in parts])
+    pts = dts + cts
+    durations = np.concatenate([p.timeline.durations for p in parts]).astype(np.int64)
+    keyframes = np.concatenate([p.timeline.keyframes for p in parts])
+    disposable = np.concatenate([p.timeline.disposable if p.timeline.disposable is not None
+                                 else np.zeros(p.timeline.frames, bool) for p in parts])
+    sizes = np.concatenate([p.track.sizes for p in parts]).astype(np.int64)
+    n = len(dts)
+    if n > 1 and int(np.diff(dts).min()) <= 0:
+        at = int(np.flatnonzero(np.diff(dts) <= 0)[0]) + 1
+        raise Mp4Unsupported(f"decode times would not increase at sample {at} of the joined file")
+
+    # The muxer's bookkeeping (FFmpeg movenc): start_dts is the first dts, start_cts the first
+    # composition offset lowered by those of packets decoded at or before 0, end_pts the latest
+    # pts + duration, and the last sample lasts its packet's duration.
+    start_dts = int(dts[0])
+    early = cts[dts <= 0]
+    start_cts = min(int(cts[0]), int(early.min())) if len(early) else int(cts[0])
+    end_pts = int((pts + durations).max())
+    stts = np.empty(n, np.int64)
+    stts[:-1] = np.diff(dts)
+    stts[-1] = durations[-1]
+    track_duration = int(stts.sum())
+    media_duration = end_pts - (start_dts + start_cts)
+    track_length = _rescale_up(end_pts, MOVIE_TIMESCALE, timescale)  # tkhd/mvhd: from 0 with an edit list
+
+    edit_ct = start_cts
+    if start_cts != int(cts[0]) and start_dts >= 0:
+        edit_ct = int(cts[0])
+    edit_duration = _rescale_up(media_duration, MOVIE_TIMESCALE, timescale)
+    delay = _rescale_down(start_dts + edit_ct, MOVIE_TIMESCALE, timescale)
+    if delay > 0:  # an empty edit delays the presentation
+        edits = [(delay, -1), (edit_duration, edit_ct)]
+    else:
+        edits = [(edit_duration + delay, -min(start_dts, 0))]
+    elst_version = 1 if edit_duration >= INT32_MAX or delay >= INT32_MAX else 0
+    elst = _full_box(b"elst", elst_version, 0, struct.pack(">I", len(edits)), b"".join(
+        struct.pack(">QqI" if elst_version else ">IiI", d, m, 0x10000) for d, m in edits))
+
+    stbl = [_with_bit_rates(first, int(sizes.sum()), track_duration)]
+    counts, values = _run_lengths(stts)
+    stbl.append(_full_box(b"stts", 0, 0, struct.pack(">I", len(counts)), _pairs(counts, values)))
+    n_key = int(keyframes.sum())
+    if 0 < n_key < n:
+        numbers = (np.flatnonzero(keyframes) + 1).astype(">u4")
+        stbl.append(_full_box(b"stss", 0, 0, struct.pack(">I", n_key), numbers.tobytes()))
+    if disposable.any():  # the muxer writes sdtp when a packet is flagged disposable
+        dependency = np.where(keyframes, SYNC_DEPENDENCY, OTHER_DEPENDENCY) | np.where(disposable, DISPOSABLE, 0)
+        stbl.append(_full_box(b"sdtp", 0, 0, dependency.astype(np.uint8).tobytes()))
+    if int(np.count_nonzero(cts)):
+        counts, values = _run_lengths(cts)
+        stbl.append(_full_box(b"ctts", 0, 0, struct.pack(">I", len(counts)), _pairs(counts, values)))
+
+    runs, run_samples = [], []
+    for p in parts:
+        off, size = p.track.offsets, p.track.sizes
+        cuts = np.flatnonzero(off[1:] != off[:-1] + size[:-1]) + 1
+        starts = np.concatenate([[0], cuts])
+        stops = np.concatenate([cuts, [len(off)]])
+        runs.append([(int(off[a]), int(off[b - 1] + size[b - 1] - off[a])) for a, b in zip(starts, stops)])
+        run_samples.extend((stops - starts).tolist())
+    counts, per_chunk = _run_lengths(np.asarray(run_samples, np.int64))
+    first_chunks = np.concatenate([[0], np.cumsum(counts)[:-1]]) + 1
+    stsc_rows = np.empty((len(counts), 3), ">u4")
+    stsc_rows[:, 0], stsc_rows[:, 1], stsc_rows[:, 2] = first_chunks, per_chunk, 1
+    stbl.append(_full_box(b"stsc", 0, 0, struct.pack(">I", len(counts)), stsc_rows.tobytes()))
+    if n and int(sizes.min()) == int(sizes.max()):
+        stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", int(sizes[0]), n)))
+    else:
+        stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", 0, n), sizes.astype(">u4").tobytes()))
+    run_lengths = np.asarray([length for part in runs for _, length in part], np.int64)
+
+    def moov(data_start: int) -> bytes:
+        chunk_offsets = (data_start + np.concatenate([[0], np.cumsum(run_lengths)[:-1]])).astype(">u8")
+        co64 = _full_box(b"co64", 0, 0, struct.pack(">I", len(chunk_offsets)), chunk_offsets.tobytes())
+        minf = _box(b"minf", _full_box(b"vmhd", 0, 1, bytes(8)),
+                    _box(b"dinf", _full_box(b"dref", 0, 0, struct.pack(">I", 1), _full_box(b"url ", 0, 1))),
+                    _box(b"stbl", *stbl, co64))
+        mdhd_version = 1 if media_duration >= INT32_MAX else 0
+        mdhd = _full_box(b"mdhd", mdhd_version, 0,
+                         struct.pack(">QQIQ" if mdhd_version else ">IIII", 0, 0, timescale, media_duration),
+                         struct.pack(">HH", first.language, 0))
+        hdlr = _full_box(b"hdlr", 0, 0, bytes(4), b"vide", bytes(12), b"VideoHandler\0")
+        head_version = 1 if track_length >= INT32_MAX else 0
+        times = struct.pack(">QQ" if head_version else ">II", 0, 0)
+        tkhd = _full_box(b"tkhd", head_version, 3, times,
+                         struct.pack(">II", 1, 0), struct.pack(">Q" if head_version else ">I", track_length),
+                         bytes(8), struct.pack(">hhhH", 0, 0, 0, 0), first.tkhd_matrix,
+                         struct.pack(">II", first.tkhd_width, first.tkhd_height))
+        trak = _box(b"trak", tkhd, _box(b"edts", elst), _box(b"mdia", mdhd, hdlr, minf))
+        mvhd = _full_box(b"mvhd", head_version, 0, times,
+                         struct.pack(">I", MOVIE_TIMESCALE), struct.pack(">Q" if head_version else ">I", track_length),
+                         struct.pack(">IH", 0x10000, 0x100), bytes(10),
+                         struct.pack(">9i", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000), bytes(24),
+                         struct.pack(">I", 2))
+        return _box(b"moov", mvhd, trak)
+
+    # Index first (faststart), as LeRobot's files and the PyAV remux are laid out: readers over
+    # HTTP can seek without fetching the whole file. Every table is known before a byte is
+    # copied, so this costs nothing; co64 entries have a fixed width, so the moov's size does
+    # not depend on the offsets it holds.
+    ftyp = parts[0].movie.ftyp or _box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isomiso2mp41")
+    mdat_header = 16  # 64-bit size: files over 4 GiB work
+    moov_size = len(moov(0))
+    data_start = len(ftyp) + moov_size + mdat_header
+    payload = int(run_lengths.sum())
+    head = ftyp + moov(data_start) + struct.pack(">I4sQ", 1, b"mdat", mdat_header + payload)
+    return ConcatPlan(parts=parts, begins=begins, head=head, runs=runs, frames=n, size=len(head) + payload)
+
+
+def _with_bit_rates(first: Mp4Track, payload: int, track_duration: int) -> bytes:
+    """The first file's stsd with its btrt box (if any) describing the joined file, as FFmpeg's
+    muxer fills it: average = bits / duration, maximum = the larger of that and the bit rate of
+    the stream it copies (the first file's average); no decoder buffer size."""
+    at, stsd = first.btrt_at, first.stsd
+    if at < 0 or track_duration <= 0:
+        return stsd
+    first_avg = struct.unpack_from(">I", stsd, at + 8)[0]
+    avg = (payload * 8 * first.timescale // track_duration) & 0xFFFFFFFF
+    return stsd[:at] + struct.pack(">III", 0, max(first_avg, avg), avg) + stsd[at + 12:]
+
+
+class SourceChanged(Mp4Error):
+    """A source file differs from when its headers were read (size or modification time)."""
+
+    def __init__(self, path: Path, fault: str):
+        self.path = path
+        super().__init__(fault)
+
+
+def write_concatenation(path: Path | str, plan: ConcatPlan, check_cancel=None) -> None:
+    """Write ``plan`` to ``path`` (created): the head, then each part's sample bytes, copied by
+    the kernel where it can (``os.copy_file_range``), else through a bounded buffer.
+
+    ``check_cancel()`` is called between copy calls and may raise to stop.
+    """
+    with open(path, "wb") as out:
+        out.write(plan.head)
+        out.flush()
+        dst = out.fileno()
+        kernel = hasattr(os, "copy_file_range")
+        for part, runs in zip(plan.parts, plan.runs):
+            with open(part.movie.path, "rb") as src:
+                st = os.fstat(src.fileno())
+                if (st.st_size, st.st_mtime_ns) != (part.movie.size, part.movie.mtime_ns):
+                    raise SourceChanged(part.movie.path, f"changed since it was checked: {part.movie.size} -> "
+                                                          f"{st.st_size} bytes, modification time "
+                                                          f"{part.movie.mtime_ns} -> {st.st_mtime_ns} ns")
+                for offset, length in runs:
+                    kernel = _copy_run(src.fileno(), dst, offset, length, kernel, check_cancel, part.movie.path)
+        written = os.fstat(dst).st_size
+        if written != plan.size:
+            raise OSError(f"{path}: wrote {written} bytes, {plan.size} planned")
+
+
+def _copy_run(src: int, dst: int, offset: int, length: int, kernel: bool, check_cancel, name: Path) -> bool:
+    """Copy ``length`` bytes at ``offset`` of ``src`` to the end of ``dst``; returns whether the
+    kernel copy still works (it is given up for good after the first refusal)."""
+    while length > 0:
+        if check_cancel is not None:
+            check_cancel()
+        block = min(length, COPY_BLOCK)
+        copied = 0
+        if kernel:
+            try:
+                copied = os.copy_file_range(src, dst, block, offset)
+            except OSError:  # other file system on old kernels, or a file system without it
+                kernel = False
+        if not kernel:
+            copied = 0
+            while copied < block:
+                chunk = memoryview(os.pread(src, min(FALLBACK_BUFFER, block - copied), offset + copied))
+                if not chunk:
+                    break
+                copied += len(chunk)
+                while chunk:
+                    chunk = chunk[os.write(dst, chunk):]
+        if copied <= 0:
+            raise SourceChanged(name, f"ended {length} bytes early while its samples were copied: it changed "
+                                      "since it was checked")
+        offset += copied
+        length -= copied
+    return kernel
