@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-# SVT-AV1 prints a banner per encoder on stderr unless told otherwise (1 = errors only).
+# SVT-AV1 prints a banner per encoder on stderr unless told otherwise (1 = errors only); it reads
+# the variable when an encoder opens, so setting it here, before any encoding, is enough.
 os.environ.setdefault("SVT_LOG", "1")
-
-import av  # noqa: E402  (after SVT_LOG)
 
 from dorobot_assets.lib.errors import ConfigError, DorobotError  # noqa: E402
 
@@ -196,10 +195,14 @@ class PyAVEncoder(VideoEncoder):
         return f"PyAV {self.encoder_name} g={self.gop} crf={self.crf}{preset} {self.pix_fmt}"
 
     def prepare(self) -> None:
+        import av  # imported when re-encoding, not by every command that loads this module
+
         if self.encoder_name not in av.codecs_available:
             raise EncoderUnavailable(f"PyAV's FFmpeg has no {self.encoder_name} encoder")
 
     def transcode(self, src: Path, dst: Path, *, fps: float, cancel: threading.Event | None = None) -> None:
+        import av
+
         try:
             with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
                 ist = inp.streams.video[0]

@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import av
 import duckdb
 import numpy as np
 import pyarrow as pa
-import soundfile as sf
 
 from dorobot_assets.lib import mp4
 from dorobot_assets.lib.errors import DorobotError
@@ -939,6 +937,8 @@ def video_packet_times(path: Path) -> np.ndarray:
 
 def demuxed_packet_times(path: Path) -> np.ndarray:
     """:func:`video_packet_times` by demuxing every packet with PyAV (not decoding)."""
+    import av  # only for files lib/mp4.py does not model, and deep checks
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         tb = stream.time_base
@@ -948,6 +948,8 @@ def demuxed_packet_times(path: Path) -> np.ndarray:
 
 def video_frame_times(path: Path) -> np.ndarray:
     """Presentation times (s) of every decoded frame of the first video stream, sorted."""
+    import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -1174,6 +1176,8 @@ def audio_within_file(view: DatasetView) -> CheckResult:
                 rel = view.file_path("audio_path", AUDIO_PATH, audio_key=key, chunk_index=slot[0], file_index=slot[1])
                 path = resolve_inside(view.root, rel)
                 if path.is_file():
+                    import soundfile as sf  # recordings with microphones only
+
                     wav = sf.info(str(path))
                     durations[slot] = (rel, wav.frames / wav.samplerate, 1.0 / wav.samplerate)
                 else:

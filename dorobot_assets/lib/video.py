@@ -45,7 +45,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import av
 import pyarrow as pa
 
 from dorobot_assets.lib import mp4
@@ -268,6 +267,8 @@ def _probed_for_remux(path: Path, camera: str, episode_index: int, expected_fram
 
 def probe_video(path: Path, camera: str, episode_index: int, expected_frames: int) -> SourceVideo:
     """Open ``path`` with PyAV and read every packet (no decoding); raise RecordingError on any fault."""
+    import av  # the fallback path only: the box copy reads no packet through FFmpeg
+
     path = Path(path)
     if not path.is_file():
         raise _bad("missing_video_file", path, camera, episode_index, "the mp4 is missing")
@@ -362,6 +363,8 @@ class _OutputFile:
     def __enter__(self) -> "_OutputFile":
         self._atomic = atomic_path(self.final)
         tmp = self._atomic.__enter__()
+        import av
+
         try:
             # faststart (index before the frames) as LeRobot writes them: readers streaming over
             # HTTP can seek without fetching the whole file first.
@@ -386,6 +389,8 @@ class _OutputFile:
         if self._params is not None and src.params != self._params:
             raise OutputError(f"{self.final}: refusing to stream-copy {src.path} with other parameters "
                               f"({', '.join(src.params.changes_from(self._params))})")
+        import av
+
         shift = self._offset - src.start
         copied = 0
         with av.open(str(src.path)) as inp:
