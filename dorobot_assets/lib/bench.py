@@ -802,8 +802,10 @@ def check_targets(result: dict) -> list[dict]:
         extra = entry["ratios"].get("recompute_extra_vs_decode_floor")
         add(f"recompute extra / decode floor at {size}", extra, TARGET_RECOMPUTE_VS_DECODE,
             extra is not None and extra <= TARGET_RECOMPUTE_VS_DECODE)
-        q = entry["ratios"].get("numeric_quantile_extra_vs_twin_copy")
-        add(f"numeric quantiles extra / copy time (camera-less twin) at {size}", q, TARGET_NUMERIC_QUANTILE_EXTRA,
+        # The numeric quantiles' own cost (recompute - copy on the camera-less twin, where no
+        # frame is decoded) against the --stats copy time of the recording itself.
+        q = entry["ratios"].get("numeric_quantile_extra_vs_copy")
+        add(f"numeric quantiles extra / --stats copy time at {size}", q, TARGET_NUMERIC_QUANTILE_EXTRA,
             q is not None and q <= TARGET_NUMERIC_QUANTILE_EXTRA)
     if len(sizes) >= 2:
         small, large = str(min(map(int, sizes))), str(max(map(int, sizes)))
