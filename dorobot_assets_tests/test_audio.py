@@ -1,6 +1,9 @@
-"""lib/audio.py without Dagster: placement, format changes, sample-exact spans, bad WAVs."""
+"""lib/audio.py without Dagster: placement, format changes, sample-exact spans, bad WAVs, byte-level copy."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +157,173 @@ def test_sample_offsets_survive_the_round_trip_through_seconds(rate):
         begin, end = audio_lib.sample_span_seconds(start, count, rate)
         assert round(begin * rate) == start
         assert round(end * rate) == start + count
+
+
+# ----------------------------------------------------------------------------- byte-level copy
+
+
+def data_chunk(path) -> bytes:
+    """The bytes of a WAV file's data chunk, found by walking its RIFF chunks."""
+    raw = path.read_bytes()
+    pos = 12
+    while pos + 8 <= len(raw):
+        chunk_id, size = raw[pos:pos + 4], int.from_bytes(raw[pos + 4:pos + 8], "little")
+        if chunk_id == b"data":
+            return raw[pos + 8:pos + 8 + size]
+        pos += 8 + size + (size & 1)
+    raise AssertionError(f"{path}: no data chunk")
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+@pytest.mark.parametrize("subtype, dtype", [("PCM_16", "int16"), ("FLOAT", "float32")])
+def test_byte_copy_is_sample_exact_across_a_rollover(make_sample, tmp_path, rate, subtype, dtype):
+    src = make_sample("bytes", lengths=LENGTHS, mics=[MicSpec(MIC, rate)])
+    rec = read_recording(src)
+    if subtype == "FLOAT":
+        for e in range(len(LENGTHS)):
+            samples, _ = sf.read(str(wav_of(rec, e)), dtype="float32")
+            sf.write(str(wav_of(rec, e)), samples * np.float32(0.5), rate, subtype="FLOAT")
+        rec = read_recording(src)
+    frame_bytes = 2 if subtype == "PCM_16" else 4
+    seconds = [n / 30 for n in LENGTHS]
+    limit_mb = 2.5 * rate * frame_bytes / audio_lib.MB  # ~2.5 s per file: episodes 0+1, 2+3, 4+5
+    result = audio_lib.write_audio(rec, tmp_path / "out", ConversionSettings(audio_file_size_mb=limit_mb))
+
+    assert not any("libsndfile" in note for note in result.notes)
+    t = result.placements.to_pydict()
+    assert t[f"audio/{MIC}/file_index"] == [0, 0, 1, 1, 2, 2]
+    expected_from = [0.0, seconds[0], 0.0, seconds[2], 0.0, seconds[4]]
+    assert t[f"audio/{MIC}/from_timestamp"] == pytest.approx(expected_from, abs=0)
+    for f, members in zip(result.files, ([0, 1], [2, 3], [4, 5])):
+        info = sf.info(str(f))
+        assert (info.samplerate, info.channels, info.subtype) == (rate, 1, subtype)
+        assert info.frames == sum(rate * LENGTHS[e] // 30 for e in members)
+        # The data chunk is the members' data chunks, byte for byte.
+        assert data_chunk(f) == b"".join(data_chunk(wav_of(rec, e)) for e in members)
+    for e in range(len(LENGTHS)):
+        source, _ = sf.read(str(wav_of(rec, e)), dtype=dtype, always_2d=True)
+        path = result.files[t[f"audio/{MIC}/file_index"][e]]
+        got, got_rate = read_span(path, t[f"audio/{MIC}/from_timestamp"][e], t[f"audio/{MIC}/to_timestamp"][e], dtype)
+        assert got_rate == rate and got.dtype == np.dtype(dtype)
+        assert len(got) == rate * LENGTHS[e] // 30
+        np.testing.assert_array_equal(got, source)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+@pytest.mark.parametrize("container", ["WAV", "WAVEX"])
+def test_our_header_parser_reads_what_libsndfile_reads(tmp_path, subtype, channels, container):
+    path = tmp_path / "x.wav"
+    samples = (np.arange(1001 * channels).reshape(1001, channels) % 200 - 100).astype(np.int16)
+    with sf.SoundFile(str(path), "w", 22050, channels, subtype=subtype, format=container) as f:
+        f.title = "odd-sized metadata chunk"  # a LIST chunk libsndfile places before the samples
+        f.write(samples)
+    header = audio_lib.read_wav_header(path)
+    info = sf.info(str(path))
+    assert header.data_offset is not None, header.byte_copy_refusal
+    assert (header.sample_rate, header.channels, header.subtype, header.frames) == (
+        info.samplerate, info.channels, info.subtype, info.frames
+    )
+    assert header.data_bytes == len(data_chunk(path))
+
+
+def test_odd_sized_data_is_padded_and_reads_back(make_sample, tmp_path):
+    src = make_sample("u8", lengths=[3, 3], mics=[MicSpec(MIC, 8000)])
+    rec = read_recording(src)
+    sources = []
+    for e, n in enumerate((801, 402)):  # 801 + 402 one-byte frames: an odd data chunk
+        samples = (np.arange(n) * 97 % 65536 - 32768).astype(np.int16) & ~np.int16(0xFF)
+        sf.write(str(wav_of(rec, e)), samples, 8000, subtype="PCM_U8")
+        sources.append(samples)
+    rec = read_recording(src)
+    result = audio_lib.write_audio(rec, tmp_path / "out", ConversionSettings())
+    (path,) = result.files
+    assert path.stat().st_size % 2 == 0
+    assert int.from_bytes(path.read_bytes()[4:8], "little") == path.stat().st_size - 8
+    got, rate = sf.read(str(path), dtype="int16")
+    assert rate == 8000 and sf.info(str(path)).subtype == "PCM_U8"
+    np.testing.assert_array_equal(got, np.concatenate(sources))
+
+
+def test_big_endian_wav_is_decoded_by_libsndfile_and_says_so(make_sample, tmp_path):
+    src = make_sample("rifx", lengths=LENGTHS[:4], mics=[MicSpec(MIC, 16000)])
+    rec = read_recording(src)
+    rifx = wav_of(rec, 2)
+    samples, _ = sf.read(str(rifx), dtype="int16")
+    sf.write(str(rifx), samples, 16000, subtype="PCM_16", endian="BIG")
+    assert rifx.read_bytes()[:4] == b"RIFX"
+    rec = read_recording(src)
+    # Episodes 0-1 and 2-3 share files (57600 and 67200 bytes): only the second file holds the
+    # big-endian one.
+    result = audio_lib.write_audio(rec, tmp_path / "out", ConversionSettings(audio_file_size_mb=0.07))
+
+    t = result.placements.to_pydict()
+    assert t[f"audio/{MIC}/file_index"] == [0, 0, 1, 1]
+    (note,) = [n for n in result.notes if "libsndfile" in n]
+    assert "1 WAV file(s) decoded by libsndfile" in note and str(rifx) in note and "RIFX" in note
+    for e in range(4):
+        source, _ = sf.read(str(wav_of(rec, e)), dtype="int16", always_2d=True)
+        path = result.files[t[f"audio/{MIC}/file_index"][e]]
+        got, _ = read_span(path, t[f"audio/{MIC}/from_timestamp"][e], t[f"audio/{MIC}/to_timestamp"][e], "int16")
+        np.testing.assert_array_equal(got, source)
+    # The file of episodes 0-1 is still a byte copy; the other is libsndfile's (little-endian) WAV.
+    assert data_chunk(result.files[0]) == data_chunk(wav_of(rec, 0)) + data_chunk(wav_of(rec, 1))
+    assert result.files[1].read_bytes()[:4] == b"RIFF"
+
+
+def test_wav_header_with_zero_channels_is_refused_before_any_write(make_sample, tmp_path):
+    src = make_sample("zero", lengths=LENGTHS[:3], mics=[MicSpec("observation.audio.a", 16000), MicSpec("observation.audio.b", 16000)])
+    rec = read_recording(src)
+    broken = rec.episodes[2].audio_paths["observation.audio.b"]
+    raw = bytearray(broken.read_bytes())
+    assert raw[12:16] == b"fmt " and raw[22:24] == b"\x01\x00"
+    raw[22:24] = b"\x00\x00"  # a well-formed RIFF/WAVE file whose fmt chunk declares no channels
+    broken.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    with pytest.raises(RecordingError) as err:
+        audio_lib.write_audio(rec, out, ConversionSettings())
+    assert err.value.code == "audio_unreadable" and err.value.path == broken
+    assert not out.exists()
+    with pytest.raises(RecordingError) as err:
+        read_recording(src)  # and every asset's reader refuses the recording too
+    assert err.value.path == broken
+
+
+def test_wav_truncated_after_its_header_was_read_is_a_typed_error(make_sample, tmp_path):
+    src = make_sample("shrunk", lengths=LENGTHS[:2], mics=[MicSpec(MIC, 16000)])
+    rec = read_recording(src)
+    victim = wav_of(rec, 1)
+    header = audio_lib.read_wav_header(victim)
+    out = tmp_path / "out"
+    # The file loses samples between the header check and the copy (e.g. a recorder still writing).
+    with open(victim, "r+b") as f:
+        f.truncate(header.data_offset + 1000)
+    with pytest.raises(RecordingError) as err:
+        audio_lib._write_file_by_copy(out / "x.wav", [audio_lib.read_wav_header(wav_of(rec, 0)), header], audio_lib.FileSlot(0, 0))
+    assert err.value.code == "audio_unreadable" and err.value.path == victim
+    assert f"ends after 1000 of its {header.data_bytes} bytes" in err.value.fault
+    assert not (out / "x.wav").exists() and not list(out.glob(".tmp-*"))
+
+
+def test_copy_between_file_systems_falls_back_to_a_buffer(tmp_path):
+    """copy_file_range refuses to cross file systems of different types (EXDEV): the same bytes
+    then go through one bounded buffer."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's temporary folder")
+    payload = bytes(range(256)) * 9000 + b"tail"  # > COPY_BUFFER_BYTES: several buffered reads
+    src_path = shm / f"dorobot-test-{os.getpid()}.bin"
+    src_path.write_bytes(b"HEAD" + payload)
+    try:
+        src = os.open(src_path, os.O_RDONLY)
+        dst = os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT)
+        try:
+            audio_lib._copy_range(src, dst, 4, len(payload), src_path)
+            with pytest.raises(RecordingError, match="ends after 0 of its 10 bytes"):
+                audio_lib._copy_range(src, dst, len(payload) + 4, 10, src_path)
+        finally:
+            os.close(src)
+            os.close(dst)
+    finally:
+        src_path.unlink()
+    assert (tmp_path / "out.bin").read_bytes() == payload

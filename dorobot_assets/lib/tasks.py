@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dorobot_assets.lib.fsutil import atomic_path
+from dorobot_assets.lib.v21 import int64_array, string_array
 from dorobot_assets.lib.v30 import TASKS_PATH
 
 # Oldest pandas whose metadata layout we mirror; pandas only consults it for pre-1.0 quirks.
@@ -44,8 +45,8 @@ def _pandas_metadata() -> bytes:
 
 def tasks_table(tasks: list[str]) -> pa.Table:
     table = pa.table({
-        "task_index": pa.array(range(len(tasks)), pa.int64()),
-        "task": pa.array(tasks, pa.string()),
+        "task_index": int64_array(range(len(tasks))),
+        "task": string_array(tasks),
     })
     return table.replace_schema_metadata({b"pandas": _pandas_metadata()})
 
@@ -65,7 +66,7 @@ def write_tasks(tasks: list[str], dataset_root: Path) -> TasksResult:
 
 def read_tasks(dataset_root: Path) -> list[str]:
     """Task strings in task_index order, from either LeRobot's or our tasks.parquet layout."""
-    table = pq.read_table(Path(dataset_root) / TASKS_PATH)
+    table = pq.ParquetFile(Path(dataset_root) / TASKS_PATH).read()
     name = "task" if "task" in table.column_names else "__index_level_0__"
     rows = sorted(zip(table.column("task_index").to_pylist(), table.column(name).to_pylist()))
     return [t for _, t in rows]

@@ -1,8 +1,13 @@
 """Read and validate a LeRobot v2.1 recording (also v2.0 and DoRobot's v2.1 variant with audio).
 
 ``read_recording`` returns a typed model or raises :class:`RecordingError` naming the file and the
-fault. It reads only metadata, parquet footers and four small integer columns per episode; nothing
-is written. Format facts: reference notes §1 (v2.1) and the DoRobot section.
+fault. It reads only metadata, parquet footers (whose exact integer statistics prove the
+``episode_index``/``task_index`` columns) and the ``index`` and ``timestamp`` columns of each
+episode; nothing is written. Format facts: reference notes §1 (v2.1) and the DoRobot section.
+
+pandas is not a dependency, yet pyarrow imports it (0.5 s, 30 MiB) on the first ``pa.array``,
+``to_numpy`` or ``read_table`` when it happens to be installed. The modules of the conversion
+path therefore build and read Arrow arrays through the buffer helpers below.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from dorobot_assets.lib.errors import RecordingError
@@ -85,18 +91,20 @@ class Episode:
 
 
 class ParsedJsonList(Sequence):
-    """A read-only list of JSON texts that hands out each item parsed (a fresh object each time)."""
+    """A read-only list of JSON object texts that hands out each item's ``key`` member parsed
+    (a fresh object each time)."""
 
-    def __init__(self, texts: list[str]):
+    def __init__(self, texts: list[str], key: str):
         self._texts = texts
+        self._key = key
 
     def __len__(self) -> int:
         return len(self._texts)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [json.loads(t) for t in self._texts[i]]
-        return json.loads(self._texts[i])
+            return [json.loads(t)[self._key] for t in self._texts[i]]
+        return json.loads(self._texts[i])[self._key]
 
 
 @dataclass
@@ -109,8 +117,8 @@ class Recording:
     features: dict[str, Feature]
     tasks: list[str]  # position == task_index
     episodes: list[Episode]
-    # each episode's v2.1 "stats" object as JSON text (position == episode_index); None for v2.0
-    episodes_stats_json: list[str] | None
+    # each episode's episodes_stats.jsonl line, as text (position == episode_index); None for v2.0
+    episodes_stats_lines: list[str] | None
     data_schema: pa.Schema
     dorobot_meta_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # quirks handled while reading
@@ -121,11 +129,11 @@ class Recording:
     @property
     def episodes_stats(self) -> Sequence[dict] | None:
         """The v2.1 per-episode stats; an episode's dict is parsed when it is read. Kept as text
-        because the model stays in memory through every step: 3 MiB instead of ~20 MiB of Python
+        because the model stays in memory through every step: 4 MiB instead of ~20 MiB of Python
         objects (and a quick unpickle) for 2000 episodes."""
-        if self.episodes_stats_json is None:
+        if self.episodes_stats_lines is None:
             return None
-        return ParsedJsonList(self.episodes_stats_json)
+        return ParsedJsonList(self.episodes_stats_lines, "stats")
 
     @property
     def is_dorobot(self) -> bool:
@@ -162,6 +170,85 @@ class Recording:
 
 def recording_fingerprint(root: Path) -> str:
     return tree_fingerprint(Path(root))
+
+
+# ----------------------------------------------------------------------------- Arrow without pandas
+
+
+def _validity(values: Sequence) -> tuple[pa.Buffer | None, int]:
+    """Arrow validity bitmap of ``values`` (None = null) and the null count."""
+    valid = np.fromiter((v is not None for v in values), bool, len(values))
+    nulls = len(values) - int(np.count_nonzero(valid))
+    if not nulls:
+        return None, 0
+    return pa.py_buffer(np.packbits(valid, bitorder="little")), nulls
+
+
+def _primitive_array(values: Sequence, np_type: str, arrow_type: pa.DataType) -> pa.Array:
+    mask, nulls = _validity(values)
+    data = np.fromiter((0 if v is None else v for v in values), np_type, len(values))
+    return pa.Array.from_buffers(arrow_type, len(values), [mask, pa.py_buffer(data)], null_count=nulls)
+
+
+def int64_array(values: Sequence[int | None]) -> pa.Array:
+    return _primitive_array(values, "int64", pa.int64())
+
+
+def float64_array(values: Sequence[float | None]) -> pa.Array:
+    return _primitive_array(values, "float64", pa.float64())
+
+
+def numpy_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """A 1-D numpy array of ``arrow_type``'s own fixed-width type, without nulls, as Arrow."""
+    values = np.ascontiguousarray(values, dtype=arrow_type.to_pandas_dtype())
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
+
+
+def _utf8(value: str | None) -> bytes:
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise pa.ArrowTypeError(f"expected a str, got {type(value).__name__} {value!r}")
+    return value.encode("utf-8")
+
+
+def string_array(values: Sequence[str | None]) -> pa.Array:
+    mask, nulls = _validity(values)
+    encoded = [_utf8(v) for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
+    if offsets[-1] >= 2**31:  # beyond 32-bit string offsets: let pyarrow pick the layout
+        return pa.array(list(values), pa.string())
+    return pa.Array.from_buffers(
+        pa.string(), len(encoded),
+        [mask, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))], null_count=nulls,
+    )
+
+
+def string_list_array(values: Sequence[Sequence[str]]) -> pa.Array:
+    """``list<string>`` (no null lists), e.g. each episode's tasks."""
+    lengths = np.fromiter(map(len, values), np.int64, len(values))
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    items = string_array([item for row in values for item in row])
+    return pa.ListArray.from_arrays(numpy_array(offsets, pa.int32()), items)
+
+
+def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The values of a fixed-width numeric column as numpy, read from its buffers. Columns with
+    nulls (or of other types) go through ``to_numpy``, which may import pandas."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    dtype = None
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        dtype = np.dtype(column.type.to_pandas_dtype())
+    if dtype is None or column.null_count:
+        return column.to_numpy()
+    parts = [
+        np.frombuffer(c.buffers()[1], dtype, count=len(c), offset=c.offset * dtype.itemsize) for c in chunks
+    ]
+    if not parts:
+        return np.empty(0, dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -353,14 +440,14 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
     stats_path = root / EPISODES_STATS_FILE
     episodes_stats = None
     if stats_path.exists():
-        st_rows = _read_jsonl(stats_path, "stats_missing", "stats_unparsable", ("episode_index", "stats"))
-        st_rows.sort(key=lambda r: r["episode_index"])
-        if [r["episode_index"] for r in st_rows] != ep_indices:
+        st_lines = _read_stats_lines(stats_path)
+        st_lines.sort(key=lambda r: r[0])
+        if [e for e, _ in st_lines] != ep_indices:
             raise _fail(
                 "stats_mismatch", stats_path,
-                f"has stats for {len(st_rows)} episodes, episodes.jsonl lists {len(ep_rows)}",
+                f"has stats for {len(st_lines)} episodes, episodes.jsonl lists {len(ep_rows)}",
             )
-        episodes_stats = [json.dumps(r["stats"]) for r in st_rows]
+        episodes_stats = [text for _, text in st_lines]
     elif version == "v2.1":
         raise _fail("stats_missing", stats_path, "file is missing (required in v2.1)")
 
@@ -380,56 +467,71 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
     schema0: pa.Schema | None = None
     running_index = 0
     n_tasks = len(tasks)
+    fps = float(info["fps"])
     folders: dict[str, Path] = {}  # resolved folders of this read (see _episode_path)
+    leaf_columns: dict[tuple[str, ...], dict[str, int]] = {}  # per column layout: name -> parquet leaf
     for row in ep_rows:
         e = row["episode_index"]
         data_path = _episode_path(root, info["data_path"], chunks_size, e, folders)
         if not data_path.is_file():
             raise _fail("missing_data_file", data_path, f"data file of episode {e} is missing")
         try:
-            pf = pq.ParquetFile(data_path)
+            pf = open_parquet(data_path)
             schema = pf.schema_arrow
             md = pf.metadata
         except Exception as ex:  # pyarrow raises several types for corrupt files
             raise _fail("data_unreadable", data_path, f"not a readable parquet file: {ex}") from ex
-        cols = set(schema.names)
-        if cols != expected_cols:
-            missing = sorted(expected_cols - cols)
-            extra = sorted(cols - expected_cols)
-            parts = []
-            if missing:
-                parts.append(f"declared in info.json features but absent: {missing}")
-            if extra:
-                parts.append(f"present but not declared in info.json features: {extra}")
-            raise _fail("columns_mismatch", data_path, "; ".join(parts))
-        if schema0 is None:
-            schema0 = schema
-        else:
-            for name in column_features:
-                if schema.field(name).type != schema0.field(name).type:
-                    raise _fail(
-                        "schema_mismatch", data_path,
-                        f"column {name!r} is {schema.field(name).type}, episode 0 has {schema0.field(name).type}",
-                    )
-        n = md.num_rows
-        length = int(row["length"])
-        if n != length:
-            raise _fail(
-                "length_mismatch", data_path,
-                f"has {n} rows but {EPISODES_FILE} says episode {e} has length {length}",
-            )
-        uncompressed = sum(
-            md.row_group(g).column(c).total_uncompressed_size
-            for g in range(md.num_row_groups)
-            for c in range(md.num_columns)
-        )
-        key_cols = [c for c in (*_KEY_COLUMNS, "timestamp") if c in cols]
-        try:
-            table = pf.read(columns=key_cols)
-        except Exception as ex:
-            raise _fail("data_unreadable", data_path, f"cannot read columns {key_cols}: {ex}") from ex
+        with pf:
+            names = tuple(schema.names)
+            cols = set(names)
+            if cols != expected_cols:
+                missing = sorted(expected_cols - cols)
+                extra = sorted(cols - expected_cols)
+                parts = []
+                if missing:
+                    parts.append(f"declared in info.json features but absent: {missing}")
+                if extra:
+                    parts.append(f"present but not declared in info.json features: {extra}")
+                raise _fail("columns_mismatch", data_path, "; ".join(parts))
+            if schema0 is None:
+                schema0 = schema
+            elif not schema.equals(schema0):
+                for name in column_features:
+                    if schema.field(name).type != schema0.field(name).type:
+                        raise _fail(
+                            "schema_mismatch", data_path,
+                            f"column {name!r} is {schema.field(name).type}, episode 0 has {schema0.field(name).type}",
+                        )
+            n = md.num_rows
+            length = int(row["length"])
+            if n != length:
+                raise _fail(
+                    "length_mismatch", data_path,
+                    f"has {n} rows but {EPISODES_FILE} says episode {e} has length {length}",
+                )
+            n_groups, n_leaves = md.num_row_groups, md.num_columns
+            uncompressed = 0
+            for g in range(n_groups):
+                group = md.row_group(g)
+                uncompressed += sum(group.column(c).total_uncompressed_size for c in range(n_leaves))
+            leaves = leaf_columns.get(names)
+            if leaves is None:
+                leaves = leaf_columns[names] = {md.schema.column(c).path: c for c in range(n_leaves)}
+            # Exact footer statistics prove these two columns without decoding them; anything the
+            # footer leaves open (no statistics, nulls, a value out of range) is read and checked.
+            proven = set()
+            if "episode_index" in cols and _int_range(md, leaves.get("episode_index")) == (e, e):
+                proven.add("episode_index")
+            task_range = _int_range(md, leaves.get("task_index")) if "task_index" in cols else None
+            if task_range is not None and 0 <= task_range[0] and task_range[1] < n_tasks:
+                proven.add("task_index")
+            key_cols = [c for c in (*_KEY_COLUMNS, "timestamp") if c in cols and c not in proven]
+            try:
+                table = pf.read(columns=key_cols, use_threads=False)
+            except Exception as ex:
+                raise _fail("data_unreadable", data_path, f"cannot read columns {key_cols}: {ex}") from ex
         if "index" in cols:
-            idx = table.column("index").to_numpy()
+            idx = column_numpy(table.column("index"))
             expected = np.arange(running_index, running_index + n)
             if not np.array_equal(idx, expected):
                 bad = int(np.argmax(idx != expected))
@@ -438,16 +540,16 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
                     f"column 'index' must continue from {running_index} across episodes; "
                     f"row {bad} has {int(idx[bad])}, expected {int(expected[bad])}",
                 )
-        if "episode_index" in cols:
-            ei = table.column("episode_index").to_numpy()
+        if "episode_index" in cols and "episode_index" not in proven:
+            ei = column_numpy(table.column("episode_index"))
             if n and not np.all(ei == e):
                 bad = int(np.argmax(ei != e))
                 raise _fail(
                     "episode_index_mismatch", data_path,
                     f"row {bad} has episode_index {int(ei[bad])}, the file belongs to episode {e}",
                 )
-        if "task_index" in cols and n:
-            ti = table.column("task_index").to_numpy()
+        if "task_index" in cols and "task_index" not in proven and n:
+            ti = column_numpy(table.column("task_index"))
             unknown = sorted(set(np.unique(ti).tolist()) - set(range(n_tasks)))
             if unknown:
                 raise _fail(
@@ -455,7 +557,7 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
                     f"task_index values {unknown[:10]} are not in {TASKS_FILE} ({n_tasks} tasks)",
                 )
         running_index += n
-        offset = _timestamp_offset(table.column("timestamp"), float(info["fps"])) if "timestamp" in cols and n else 0.0
+        offset = _timestamp_offset(table.column("timestamp"), fps) if "timestamp" in cols and n else 0.0
 
         video_paths: dict[str, Path] = {}
         for k in video_keys:
@@ -478,7 +580,10 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
     # official converter counts files and would refuse too): never silently leave data behind.
     data_top = root / Path(info["data_path"]).parts[0]
     listed = {e.data_path for e in episodes}
-    unlisted = sorted(p for p in data_top.rglob("*.parquet") if p.resolve() not in listed) if data_top.is_dir() else []
+    listed_text = {str(p) for p in listed}  # a resolve() per file costs more than the rest of this check
+    unlisted = sorted(
+        p for p in data_top.rglob("*.parquet") if str(p) not in listed_text and p.resolve() not in listed
+    ) if data_top.is_dir() else []
     if unlisted:
         raise _fail(
             "unlisted_data_file", unlisted[0],
@@ -521,9 +626,77 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
     assert schema0 is not None
     return Recording(
         root=root, info=info, version=version, fps=float(info["fps"]), chunks_size=chunks_size,
-        features=features, tasks=tasks, episodes=episodes, episodes_stats_json=episodes_stats,
+        features=features, tasks=tasks, episodes=episodes, episodes_stats_lines=episodes_stats,
         data_schema=schema0, dorobot_meta_files=dorobot_meta, notes=notes, dropped_features=dropped,
     )
+
+
+IN_MEMORY_PARQUET_BYTES = 8 * 1024 * 1024
+
+
+def open_parquet(path: Path, *, whole_file: bool = False) -> pq.ParquetFile:
+    """A ParquetFile. A small episode file (or any, with ``whole_file``: the caller reads it
+    all anyway) is read into memory with one ``read()`` first: Arrow then parses the footer and
+    reads pages from that buffer, 20-30% less CPU per file than opening it by path."""
+    if whole_file or os.stat(path).st_size <= IN_MEMORY_PARQUET_BYTES:
+        with open(path, "rb") as f:
+            return pq.ParquetFile(pa.BufferReader(f.read()), pre_buffer=False)
+    return pq.ParquetFile(path)
+
+
+def _int_range(md: pq.FileMetaData, leaf: int | None) -> tuple[int, int] | None:
+    """``(min, max)`` of an integer column over the whole file as its footer states it, or None
+    unless every row group carries min/max and a zero null count for it (parquet's integer
+    statistics are exact)."""
+    if leaf is None or md.num_row_groups == 0:
+        return None
+    lo = hi = None
+    for g in range(md.num_row_groups):
+        st = md.row_group(g).column(leaf).statistics
+        if (st is None or st.physical_type not in ("INT32", "INT64") or not st.has_min_max
+                or not st.has_null_count or st.null_count != 0):
+            return None
+        lo = st.min if lo is None else min(lo, st.min)
+        hi = st.max if hi is None else max(hi, st.max)
+    return lo, hi
+
+
+_STATS_LINE_SCHEMA = pa.schema([("episode_index", pa.int64()), ("stats", pa.struct([]))])
+
+
+def _read_stats_lines(path: Path) -> list[tuple[int, str]]:
+    """``(episode_index, line)`` per line of episodes_stats.jsonl, validated as ``_read_jsonl``
+    validates it (each line one JSON object with ``episode_index`` and ``stats``).
+
+    The stats are numbers mostly: Python's json needs ~0.4 s to parse 2000 episodes' worth and
+    ~0.3 s more to serialise them back, Arrow's C++ parser checks the same syntax in ~0.03 s.
+    Lines are kept as text and parsed on access (``Recording.episodes_stats``). Whatever Arrow
+    does not accept exactly as one object per line (numbers beyond a double, duplicate keys, a
+    float episode_index, an object spread over lines...) is left to the Python reader, so
+    results and error messages are the same as before.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:  # text mode: \r\n and \r become \n, as when iterating
+            lines = [line for line in f.read().split("\n") if line.strip()]
+    except UnicodeDecodeError:
+        lines = None
+    if lines and all(line.strip()[0] == "{" and line.strip()[-1] == "}" for line in lines):
+        data = "\n".join(lines).encode("utf-8")
+        try:
+            table = pa_json.read_json(
+                pa.BufferReader(data),
+                read_options=pa_json.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1)),
+                parse_options=pa_json.ParseOptions(explicit_schema=_STATS_LINE_SCHEMA, unexpected_field_behavior="ignore"),
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            table = None
+        # One row per line proves every line was one whole object (a line starting with "{"
+        # cannot continue an object the previous line left open after its "}").
+        if (table is not None and table.num_rows == len(lines)
+                and not table.column("episode_index").null_count and not table.column("stats").null_count):
+            return list(zip(column_numpy(table.column("episode_index")).tolist(), lines))
+    rows = _read_jsonl(path, "stats_missing", "stats_unparsable", ("episode_index", "stats"))
+    return [(row["episode_index"], json.dumps(row)) for row in rows]
 
 
 def _timestamp_offset(column: pa.ChunkedArray, fps: float) -> float:
@@ -531,7 +704,7 @@ def _timestamp_offset(column: pa.ChunkedArray, fps: float) -> float:
     at 0, or when they are irregular: validation reports those, we do not guess a fix)."""
     if column.null_count:
         return 0.0
-    ts = column.to_numpy().astype(np.float64)
+    ts = column_numpy(column).astype(np.float64)
     offset = float(ts[0])
     if abs(offset) <= TIMESTAMP_TOLERANCE_S:
         return 0.0
@@ -578,20 +751,23 @@ def read_episode_data(rec: Recording, episode_index: int, columns: list[str] | N
     at an offset (``Episode.timestamp_offset``), which become ``frame / fps`` in their own type."""
     ep = rec.episodes[episode_index]
     try:
-        # ParquetFile.read, not read_table: no dataset discovery, 2.5x faster per small file.
-        with pq.ParquetFile(ep.data_path) as pf:
-            table = pf.read(columns=columns)
+        # ParquetFile.read, not read_table: no dataset discovery (and no pandas); one thread:
+        # the per-column threads of a small file cost more than they save.
+        with open_parquet(ep.data_path, whole_file=True) as pf:
+            if columns is not None and pf.schema_arrow.names == list(columns):
+                columns = None  # the whole file, in that order: skips the column lookup
+            table = pf.read(columns=columns, use_threads=False)
     except Exception as ex:  # pyarrow raises several types for corrupt files
         raise _fail("data_unreadable", ep.data_path, f"cannot read episode {episode_index}: {ex}") from ex
     if ep.timestamp_offset and "timestamp" in table.column_names:
         i = table.column_names.index("timestamp")
         field_ = table.schema.field(i)
-        values = (np.arange(table.num_rows) / rec.fps).astype(field_.type.to_pandas_dtype())
-        table = table.set_column(i, field_, pa.array(values, field_.type))
+        values = np.arange(table.num_rows) / rec.fps
+        table = table.set_column(i, field_, numpy_array(values, field_.type))
     return table
 
 
-MODEL_VERSION = 2  # bump when Recording's fields change: older cached pickles are then rebuilt
+MODEL_VERSION = 3  # bump when Recording's fields change: older cached pickles are then rebuilt
 
 # The model last returned by read_recording_cached in this process. With the in-process executor
 # every asset of a run asks for it: unpickling a 2000-episode model costs 0.3-1 s (its
