@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dorobot_assets.lib import data as data_lib
-from dorobot_assets.lib import synthetic, v21
+from dorobot_assets.lib import arrow, synthetic, v21
 from dorobot_assets.lib.errors import RecordingError
 from dorobot_assets.lib.fsutil import stat_fingerprint, tree_files
 from dorobot_assets.lib.v30 import resolve_inside
@@ -157,18 +157,18 @@ def test_data_row_groups_hold_whole_episodes_with_the_source_values(tmp_path, mo
 
 def test_arrow_helpers_match_pyarrow():
     ints = [3, None, -(2**62), 0]
-    assert v21.int64_array(ints).equals(pa.array(ints, pa.int64()))
+    assert arrow.int64_array(ints).equals(pa.array(ints, pa.int64()))
     floats = [0.5, None, float("inf"), -0.0]
-    assert v21.float64_array(floats).equals(pa.array(floats, pa.float64()))
+    assert arrow.float64_array(floats).equals(pa.array(floats, pa.float64()))
     texts = ["pick", None, "", "gréifer ✓"]
-    assert v21.string_array(texts).equals(pa.array(texts, pa.string()))
+    assert arrow.string_array(texts).equals(pa.array(texts, pa.string()))
     lists = [["a", "b"], [], ["ç"], ["x", None]]
-    assert v21.string_list_array(lists).equals(pa.array(lists, pa.list_(pa.string())))
+    assert arrow.string_list_array(lists).equals(pa.array(lists, pa.list_(pa.string())))
     with pytest.raises(pa.ArrowTypeError):
-        v21.string_array(["a", 1])
+        arrow.string_array(["a", 1])
     chunked = pa.chunked_array([pa.array([1, 2, 3], pa.int32()).slice(1), pa.array([7], pa.int32())])
-    np.testing.assert_array_equal(v21.column_numpy(chunked), np.array([2, 3, 7], np.int32))
-    assert v21.column_numpy(pa.chunked_array([pa.array([1.5, None])])).tolist()[0] == 1.5  # nulls: to_numpy
+    np.testing.assert_array_equal(arrow.column_numpy(chunked), np.array([2, 3, 7], np.int32))
+    assert arrow.column_numpy(pa.chunked_array([pa.array([1.5, None])])).tolist()[0] == 1.5  # nulls: to_numpy
 
 
 def test_reading_and_writing_data_audio_tasks_episodes_never_imports_pandas(tmp_path):

@@ -17,6 +17,7 @@ import dagster as dg
 import pyarrow as pa
 
 from dorobot_assets.lib import info as info_lib
+from dorobot_assets.lib.arrow import int64_array
 from dorobot_assets.lib import validate
 from dorobot_assets.lib.errors import DorobotError
 from dorobot_assets.lib.manifest import has_manifest, read_manifest
@@ -37,7 +38,7 @@ def _pending_episodes(rec: Recording, work, asset: str) -> pa.Table:
     table, _ = read_manifest(work, asset, rec.fingerprint())
     lengths = {e.index: e.length for e in rec.episodes}
     return table.append_column(
-        "length", pa.array([lengths.get(i) for i in table.column("episode_index").to_pylist()], pa.int64())
+        "length", int64_array([lengths.get(i) for i in table.column("episode_index").to_pylist()])
     )
 
 

@@ -36,7 +36,8 @@ from dorobot_assets.lib.errors import DorobotError, OutputError, RecordingError
 from dorobot_assets.lib.fsutil import atomic_path
 from dorobot_assets.lib.rollover import FileSlot, group_by_slot, plan_rollover
 from dorobot_assets.lib.settings import ConversionSettings
-from dorobot_assets.lib.v21 import Recording, column_numpy, float64_array, int64_array
+from dorobot_assets.lib.arrow import column_numpy, float64_array, int64_array
+from dorobot_assets.lib.v21 import Recording
 from dorobot_assets.lib.v30 import AUDIO_PATH, INFO_PATH, MB, audio_file, resolve_inside
 
 BLOCK_FRAMES = 1 << 16  # frames per read when libsndfile decodes: 128 KiB for 16-bit mono

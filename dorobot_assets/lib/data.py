@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 
 from dorobot_assets.lib.fsutil import atomic_path
 from dorobot_assets.lib.rollover import FileSlot, group_by_slot, plan_rollover
-from dorobot_assets.lib.v21 import Recording, int64_array, read_episode_data
+from dorobot_assets.lib.arrow import int64_array
+from dorobot_assets.lib.v21 import Recording, read_episode_data
 from dorobot_assets.lib.v30 import DEFAULT_FILES_PER_CHUNK, MB, data_file
 
 # Arrow bytes of the whole episodes gathered into one row group: ~12k rows (40 episodes) of a

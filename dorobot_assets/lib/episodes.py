@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 from dorobot_assets.lib.data import remove_unplanned
 from dorobot_assets.lib.errors import OutputError
 from dorobot_assets.lib.fsutil import atomic_path
-from dorobot_assets.lib.v21 import Recording, column_numpy, int64_array, string_array, string_list_array
+from dorobot_assets.lib.arrow import column_numpy, int64_array, string_array, string_list_array
+from dorobot_assets.lib.v21 import Recording
 from dorobot_assets.lib.v30 import episodes_file
 
 EPISODES_SLOT = (0, 0)

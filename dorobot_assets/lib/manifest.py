@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dorobot_assets.lib.arrow import read_parquet
 from dorobot_assets.lib.errors import OutputError
 from dorobot_assets.lib.fsutil import atomic_path
 
@@ -40,7 +41,7 @@ def read_manifest(work_dir: Path, name: str, fingerprint: str | None = None) -> 
     path = manifest_path(work_dir, name)
     if not path.exists():
         raise OutputError(f"{path}: manifest {name!r} is missing; materialize the {name} asset first")
-    table = pq.read_table(path)
+    table = read_parquet(path)
     meta = table.schema.metadata or {}
     found = meta.get(_FINGERPRINT, b"").decode()
     if fingerprint is not None and found != fingerprint:

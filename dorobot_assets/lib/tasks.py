@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dorobot_assets.lib.fsutil import atomic_path
-from dorobot_assets.lib.v21 import int64_array, string_array
+from dorobot_assets.lib.arrow import int64_array, string_array
 from dorobot_assets.lib.v30 import TASKS_PATH
 
 # Oldest pandas whose metadata layout we mirror; pandas only consults it for pre-1.0 quirks.

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from dorobot_assets.lib import mp4
+from dorobot_assets.lib.arrow import int64_array, string_array
 from dorobot_assets.lib.errors import DorobotError
 from dorobot_assets.lib.stats import STATS_PREFIX
 from dorobot_assets.lib.v30 import (
@@ -235,11 +236,11 @@ class DatasetView:
             counts.append(n)
             first += n
         return pa.table({
-            "file_pos": pa.array(range(len(files)), pa.int32()),
-            "path": pa.array([str(f) for f in files]),
-            "rel_path": pa.array([self.rel(f) for f in files]),
-            "first_row": pa.array(offsets, pa.int64()),
-            "num_rows": pa.array(counts, pa.int64()),
+            "file_pos": int64_array(range(len(files))),
+            "path": string_array([str(f) for f in files]),
+            "rel_path": string_array([self.rel(f) for f in files]),
+            "first_row": int64_array(offsets),
+            "num_rows": int64_array(counts),
         })
 
     @staticmethod
@@ -269,7 +270,7 @@ class DatasetView:
     def _register_episodes(self, con) -> None:
         if self.pending_episodes is not None:
             table = self.pending_episodes
-            rows = pa.array(range(table.num_rows), pa.int64())
+            rows = int64_array(range(table.num_rows))
             self._create_table(con, "episodes", table.append_column("ep_row", rows))
             return
         files = self.episodes_files()
@@ -807,8 +808,8 @@ def _expected_data_files(view: DatasetView, con) -> pa.Table:
     eps = con.execute(
         'SELECT episode_index, "data/chunk_index", "data/file_index" FROM episodes ORDER BY ep_row').fetchall()
     return pa.table({
-        "episode_index": pa.array([e for e, _, _ in eps], pa.int64()),
-        "expected_file": pa.array(
+        "episode_index": int64_array([e for e, _, _ in eps]),
+        "expected_file": string_array(
             [view.file_path("data_path", DATA_PATH, chunk_index=c, file_index=f) for _, c, f in eps]),
     })
 

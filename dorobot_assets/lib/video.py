@@ -48,6 +48,7 @@ from typing import Callable, TypeVar
 import pyarrow as pa
 
 from dorobot_assets.lib import mp4
+from dorobot_assets.lib.arrow import float64_array, int64_array
 from dorobot_assets.lib.data import remove_unplanned
 from dorobot_assets.lib.encoders import EncodeCancelled, VideoEncoder
 from dorobot_assets.lib.errors import OutputError, RecordingError
@@ -654,15 +655,15 @@ def write_videos(
 
     files = [f for k in keys for f in cameras[k].files]
     remove_unplanned(dataset_root / "videos", files, "*.mp4")
-    columns: dict[str, pa.Array] = {"episode_index": pa.array([e.index for e in rec.episodes], pa.int64())}
+    columns: dict[str, pa.Array] = {"episode_index": int64_array([e.index for e in rec.episodes])}
     notes: list[str] = []
     for k in keys:
         cam = cameras[k]
         c_chunk, c_file, c_from, c_to = placement_columns(k)
-        columns[c_chunk] = pa.array([s.chunk_index for s in cam.slots], pa.int64())
-        columns[c_file] = pa.array([s.file_index for s in cam.slots], pa.int64())
-        columns[c_from] = pa.array([float(t) for t in cam.from_s], pa.float64())
-        columns[c_to] = pa.array([float(t) for t in cam.to_s], pa.float64())
+        columns[c_chunk] = int64_array([s.chunk_index for s in cam.slots])
+        columns[c_file] = int64_array([s.file_index for s in cam.slots])
+        columns[c_from] = float64_array([float(t) for t in cam.from_s])
+        columns[c_to] = float64_array([float(t) for t in cam.to_s])
         notes.extend(cam.notes)
         if log:
             log(f"videos: camera {k!r}: {n} episodes, {cam.frames} frames into {len(cam.files)} files")
