@@ -198,10 +198,98 @@ def test_b_frames_give_a_shorter_stream_duration_and_a_shifted_edit_list(recordi
     """The case that needs care: FFmpeg's edit list for B-frames rounds to milliseconds, so the
     stream is 1/1536 s shorter than its frames; from/to follow the stream durations."""
     src = camera_sources(recording, "h264_bframes")[0]
-    track = src.part.track
+    movie = mp4.read_mp4(src.path)
+    track = movie.tracks[0]
     assert track.edits == [(566, 1024, 0x10000)]  # 566 ms shown, starting at the first frame's pts
     assert (src.start, src.duration, track.media_duration) == (0, 8694, 9216)  # 17 frames of 512 = 8704
-    assert src.part.timeline.dts[:2].tolist() == [-1024, -512]
+    assert mp4.demuxed_timeline(movie, track).dts[:2].tolist() == [-1024, -512]
+    # what the checked source keeps: the shift, the last decode time and the end of the last frame
+    assert (src.part.shift, src.part.last_dts, src.part.end) == (1024, 16 * 512 - 1024, 8704)
+    assert src.part.decode_times()[:2].tolist() == [-1024, -512]
+
+
+# ----------------------------------------------------------------------------- what a checked source keeps
+
+
+def test_a_checked_source_keeps_compact_tables(recording):
+    """From the check of every source until its file is written, a camera holds one Part per
+    episode: runs where the file stores runs, 2 bytes a frame for small frames, flags as bits,
+    one byte run per source instead of an offset per frame, and shared headers."""
+    sources = camera_sources(recording, "h264")  # all-intra: every frame a key frame, no B-frames
+    part, track = sources[1].part, mp4.read_mp4(sources[1].path).tracks[0]
+    assert part.sizes.dtype == np.uint16 and part.sizes.tolist() == track.sizes.tolist()
+    assert part.time_runs.tolist() == [[31, 512]]
+    assert (part.sync, part.composition, part.disposable) == (None, None, None)
+    assert part.byte_runs == ((48, 14925, 31),) == ((int(track.offsets[0]), int(track.sizes.sum()), 31),)
+    assert (part.shift, part.start, part.duration, part.last_dts, part.end) == (0, 0, 15872, 15360, 15872)
+    assert len({id(s.part.header) for s in sources}) == len({id(s.params) for s in sources}) == 1
+
+    av1 = camera_sources(recording, "av1")[1].part  # a key frame every other frame: 16 of 31
+    assert av1.sync.tolist() == [0b10101010] * 4
+    assert av1.keyframes().tolist() == [i % 2 == 0 for i in range(31)] and av1.key_count() == 16
+
+    pyramid = camera_sources(recording, "h264_pyramid")[1]
+    movie = mp4.read_mp4(pyramid.path)
+    timeline = mp4.demuxed_timeline(movie, movie.tracks[0])
+    assert pyramid.part.composition.dtype == np.int32
+    assert pyramid.part.composition.tolist() == timeline.composition.tolist()
+    assert pyramid.part.keyframes().tolist() == timeline.keyframes.tolist() and pyramid.part.key_count() == 4
+    assert pyramid.part.decode_times().tolist() == timeline.dts.tolist()
+
+
+def test_frames_over_64_kib_keep_4_bytes_each(recording):
+    src = camera_sources(recording, "h264")[0]
+    movie = mp4.read_mp4(src.path)
+    track = movie.tracks[0]
+    large = dataclasses.replace(track, sizes=track.sizes + 0xFFFF)
+    part = mp4.Part.of(movie, large, mp4.demuxed_timeline(movie, large))
+    assert part.sizes.dtype == np.uint32 and part.sizes.tolist() == (track.sizes.astype(np.int64) + 0xFFFF).tolist()
+
+
+def test_decode_times_that_would_not_increase_are_found_from_a_few_numbers(recording):
+    parts = [s.part for s in camera_sources(recording, "h264_bframes")]
+    assert mp4.concatenation_obstacle(parts) is None
+    late = dataclasses.replace(parts[1], start=10_000)  # its first frame would be decoded before part 0's last
+    message = "decode times would not increase at sample 17 of the joined file"
+    assert mp4.concatenation_obstacle([parts[0], late, parts[2]]) == message
+    with pytest.raises(mp4.Mp4Unsupported) as err:
+        mp4.plan_concatenation([parts[0], late, parts[2]])
+    assert str(err.value) == message
+
+
+def test_a_camera_plans_and_writes_one_file_at_a_time(recording, tmp_path, monkeypatch):
+    calls = []
+    plan, write = mp4.plan_concatenation, mp4.write_concatenation
+
+    def planning(parts):
+        calls.append(("plan", len(parts)))
+        return plan(parts)
+
+    def writing(path, concat, check_cancel=None):
+        calls.append(("write", concat.frames))
+        write(path, concat, check_cancel)
+
+    monkeypatch.setattr(mp4, "plan_concatenation", planning)
+    monkeypatch.setattr(mp4, "write_concatenation", writing)
+    result = copy_camera("cam", camera_sources(recording, "av1"), tmp_path / "ds", ConversionSettings(video_file_size_mb=0.02))
+    assert [s.file_index for s in result.slots] == [0, 0, 0, 1, 1]
+    assert calls == [("plan", 3), ("write", 17 + 31 + 5), ("plan", 2), ("write", 24 + 12)]
+
+
+def test_an_obstacle_in_a_later_file_remuxes_the_whole_camera(recording, tmp_path, monkeypatch):
+    """Box copy or not is decided for every file of the camera before the first is written."""
+    sources = camera_sources(recording, "av1")
+    remuxed = remux(sources[4].path, tmp_path / "remuxed.mp4", {})  # FFmpeg's muxer adds a pasp box
+    checked = sources_of([*[s.path for s in sources[:4]], remuxed])
+
+    def no_box_copy(*args, **kwargs):
+        raise AssertionError("a file was written by box copy")
+
+    monkeypatch.setattr(mp4, "write_concatenation", no_box_copy)
+    result = copy_camera("cam", checked, tmp_path / "ds", ConversionSettings(video_file_size_mb=0.02))
+    assert [s.file_index for s in result.slots] == [0, 0, 0, 1, 1]
+    assert result.remux_reason == f"remuxed.mp4: its sample description differs from {sources[3].path.name}'s"
+    assert result.frames == sum(LENGTHS) and len(result.files) == 2
 
 
 # ----------------------------------------------------------------------------- box copy = PyAV remux
@@ -215,11 +303,21 @@ def test_box_copy_gives_the_packets_of_the_pyav_remux(recording, tmp_path, name)
     assert assert_same_output(box, ref, tmp_path, same_sample_entry=name != "av1") == sum(LENGTHS)
 
 
-def test_hevc_with_b_frames_gives_the_packets_of_the_pyav_remux(hevc_episodes, tmp_path):
+@pytest.mark.parametrize("name", sorted(CAMERAS))
+def test_every_episode_in_one_file_gives_the_packets_of_the_pyav_remux(recording, tmp_path, name):
+    """The tables joined across parts: stts with the gaps between parts, stss, ctts runs."""
+    box, ref = both_ways(camera_sources(recording, name), tmp_path, CAMERAS[name].key, limit_mb=1)
+    assert len(box.files) == 1
+    assert assert_same_output(box, ref, tmp_path, same_sample_entry=name != "av1") == sum(LENGTHS)
+
+
+@pytest.mark.parametrize("limit_mb", [SMALL_FILES_MB, 1])
+def test_hevc_with_b_frames_gives_the_packets_of_the_pyav_remux(hevc_episodes, tmp_path, limit_mb):
     sources = sources_of(hevc_episodes)
-    assert {s.params.codec for s in sources} == {"hevc"} and sources[0].part.track.composition is not None
-    assert sources[0].part.timeline.disposable.any(), "libx265 flags disposable frames: an sdtp box"
-    box, ref = both_ways(sources, tmp_path, "cam")
+    assert {s.params.codec for s in sources} == {"hevc"} and sources[0].part.composition is not None
+    assert sources[0].part.disposable is not None, "libx265 flags disposable frames: an sdtp box"
+    box, ref = both_ways(sources, tmp_path, "cam", limit_mb=limit_mb)
+    assert len(box.files) == (1 if limit_mb == 1 else 5)
     assert assert_same_output(box, ref, tmp_path) == sum(LENGTHS)
 
 
@@ -239,7 +337,7 @@ def test_sources_without_an_edit_list_start_late_and_join_exactly(recording, tmp
     sources = camera_sources(recording, "h264_bframes")
     plain = [remux(s.path, tmp_path / f"plain_{s.episode_index}.mp4", {"use_editlist": "0"}) for s in sources]
     mixed = sources_of([plain[0], sources[1].path, plain[2], plain[3], sources[4].path])
-    assert mixed[0].part.track.edits == [] and mixed[0].start == 1024
+    assert mp4.read_mp4(mixed[0].path).tracks[0].edits == [] and mixed[0].start == 1024
     box, ref = both_ways(mixed, tmp_path, "cam", limit_mb=1)
     assert len(box.files) == 1
     # Without an edit list an episode lasts its frames (512 ticks each); with one, its edit:
@@ -290,14 +388,18 @@ def test_index_first_then_one_64_bit_mdat_and_one_chunk_per_source(recording, tm
     assert (size, kind, large) == (1, b"mdat", len(data) - ftyp_size - moov_size)
     assert data[:ftyp_size] == sources[0].path.read_bytes()[:ftyp_size], "the first source's ftyp"
     track = movie.tracks[0]
-    assert track.stsd[:-12] == sources[0].part.track.stsd[:-12], "the first source's sample entry"
+    assert track.stsd[:-12] == mp4.read_mp4(sources[0].path).tracks[0].stsd[:-12], "the first source's sample entry"
     # one chunk per source (each source's samples are contiguous), 64-bit chunk offsets
+    payloads = [int(s.part.sizes.sum()) for s in sources]
+    assert [s.part.byte_runs for s in sources] == [((s.part.byte_runs[0][0], size, n),)
+                                                   for s, size, n in zip(sources, payloads, LENGTHS)]
     firsts = np.cumsum([0] + LENGTHS[:-1])
-    assert track.offsets[firsts].tolist() == (ftyp_size + moov_size + 16 + np.cumsum(
-        [0] + [s.part.track.sizes.sum() for s in sources[:-1]])).tolist()
+    assert track.offsets[firsts].tolist() == (ftyp_size + moov_size + 16 + np.cumsum([0] + payloads[:-1])).tolist()
+    assert track.chunk_samples.tolist() == LENGTHS
+    assert track.byte_runs == [(ftyp_size + moov_size + 16, sum(payloads), sum(LENGTHS))], "back to back"
     assert b"co64" in data[:ftyp_size + moov_size] and b"stco" not in data[:ftyp_size + moov_size]
     # the sample bytes are the sources' bytes, in order
-    joined = b"".join(s.path.read_bytes()[s.part.track.offsets[0]:][:int(s.part.track.sizes.sum())] for s in sources)
+    joined = b"".join(s.path.read_bytes()[offset:offset + size] for s in sources for offset, size, _ in s.part.byte_runs)
     assert hashlib.sha256(data[ftyp_size + moov_size + 16:]).digest() == hashlib.sha256(joined).digest()
 
 
@@ -306,11 +408,28 @@ def test_btrt_describes_the_joined_file(recording, tmp_path):
     box, _ = both_ways(sources, tmp_path, CAMERAS["h264"].key, limit_mb=1)
     stsd = mp4.read_mp4(box.files[0]).tracks[0].stsd
     buffer_size, max_rate, avg_rate = struct.unpack(">III", stsd[-12:])
-    total = sum(int(s.part.track.sizes.sum()) for s in sources)
+    total = sum(int(s.part.sizes.sum()) for s in sources)
     ticks = sum(LENGTHS) * 512  # all-intra: stts is 512 per frame, no edit shift
-    first_avg = struct.unpack(">I", sources[0].part.track.stsd[-4:])[0]
+    with av.open(str(sources[0].path)) as c:  # the bit rate FFmpeg reports, which its muxer takes as the maximum
+        first_rate = c.streams.video[0].codec_context.bit_rate
+    assert sources[0].part.bit_rate == first_rate == int(sources[0].part.sizes.sum()) * 8 * 15360 // (17 * 512)
     assert (buffer_size, avg_rate) == (0, total * 8 * 15360 // ticks)
-    assert max_rate == max(first_avg, avg_rate)
+    assert max_rate == max(first_rate, avg_rate)
+
+
+def test_btrt_maximum_is_the_first_files_bit_rate_as_ffmpeg_reports_it(recording, tmp_path):
+    """x264 leaves the btrt average at 0; FFmpeg's demuxer reports the bit rate from the bytes
+    and the duration, and the PyAV remux takes that as the maximum when it is the larger."""
+    sources = camera_sources(recording, "h264_bframes")
+    source_btrt = mp4.read_mp4(sources[0].path).tracks[0].stsd[-12:]
+    first_rate = int(sources[0].part.sizes.sum()) * 8 * 15360 // (17 * 512)
+    assert struct.unpack(">III", source_btrt) == (0, first_rate, 0)
+    box, ref = both_ways(sources, tmp_path, CAMERAS["h264_bframes"].key, limit_mb=1)
+    joined = mp4.read_mp4(box.files[0]).tracks[0]
+    average = int(joined.sizes.sum()) * 8 * 15360 // int(joined.deltas.sum())
+    assert first_rate > average
+    assert struct.unpack(">III", joined.stsd[-12:]) == (0, first_rate, average)
+    assert joined.stsd == mp4.read_mp4(ref.files[0]).tracks[0].stsd
 
 
 def test_a_source_changed_after_the_check_is_refused(recording, tmp_path):

@@ -20,10 +20,15 @@ The sample entry (``stsd``: codec configuration, colour, aspect) is the first so
 byte except the bit rates in ``btrt``, which describe the new file. The file is ``ftyp`` (the
 first source's), ``moov``, then one ``mdat`` with a 64-bit size holding every source's samples
 in order, one chunk per run of contiguous source bytes (usually one per source).
+
+Memory: a checked source is kept as a :class:`Part` (its tables as runs where the file stores
+runs, a few bytes per sample otherwise; no per-sample offsets) until its output file is written,
+and an output file's tables are built straight into the big-endian arrays written to it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -156,12 +161,14 @@ class Mp4Track:
     config_type: bytes  # avcC / hvcC / av1C, b"" when absent
     config: bytes  # its payload (FFmpeg's extradata for these codecs)
     sizes: np.ndarray  # uint32 bytes per sample
-    offsets: np.ndarray  # int64 file offset per sample
-    deltas: np.ndarray  # uint32 stts duration per sample
-    composition: np.ndarray | None  # int64 ctts offset per sample (None: no ctts)
+    # The other tables as stored (compact); the per-sample properties below expand them on demand.
+    time_runs: np.ndarray  # stts: (sample count, duration) rows, uint32, rows with no sample left out
+    composition_runs: np.ndarray | None  # ctts: (sample count, offset) rows, int64 (None: no ctts)
     ctts_version: int
-    sync: np.ndarray | None  # bool per sample (None: no stss, every sample is a sync sample)
+    sync_numbers: np.ndarray | None  # stss: 1-based numbers of the sync samples, uint32 (None: no stss)
     dependency: np.ndarray | None  # uint8 sdtp byte per sample (None: no sdtp)
+    chunk_offsets: np.ndarray  # stco/co64: file offset per chunk, int64
+    chunk_samples: np.ndarray  # stsc expanded: samples per chunk, int64
     description_indices: tuple[int, ...]  # stsc sample description indices used
     other_tables: tuple[str, ...]  # stbl children not in SAMPLE_TABLES (sgpd, sbgp, subs, ...)
     self_contained: bool  # dref: the samples are in this file
@@ -178,6 +185,56 @@ class Mp4Track:
     @property
     def sample_count(self) -> int:
         return len(self.sizes)
+
+    @property
+    def deltas(self) -> np.ndarray:
+        """stts duration per sample, uint32."""
+        return np.repeat(self.time_runs[:, 1], self.time_runs[:, 0])
+
+    @property
+    def composition(self) -> np.ndarray | None:
+        """ctts offset per sample, int64 (None: no ctts)."""
+        runs = self.composition_runs
+        return None if runs is None else np.repeat(runs[:, 1], runs[:, 0])
+
+    @property
+    def sync(self) -> np.ndarray | None:
+        """Whether each sample is a sync sample (None: no stss, every sample is one)."""
+        if self.sync_numbers is None:
+            return None
+        out = np.zeros(self.sample_count, bool)
+        out[self.sync_numbers - 1] = True
+        return out
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """File offset per sample, int64."""
+        n = self.sample_count
+        in_track = np.cumsum(self.sizes, dtype=np.int64) - self.sizes  # where each sample would be in one chunk
+        if n == 0 or len(self.chunk_offsets) == 1:
+            return in_track + (self.chunk_offsets[0] if n else 0)
+        first_sample = np.minimum(np.cumsum(self.chunk_samples) - self.chunk_samples, max(n - 1, 0))
+        return np.repeat(self.chunk_offsets - in_track[first_sample], self.chunk_samples) + in_track
+
+    @functools.cached_property
+    def byte_runs(self) -> list[tuple[int, int, int]]:
+        """``(file offset, bytes, samples)`` of each run of samples stored back to back: one per
+        chunk, neighbouring chunks merged when the second starts where the first ends."""
+        if len(self.chunk_offsets) == 1:  # an episode file: every sample in one chunk
+            return [(int(self.chunk_offsets[0]), int(self.sizes.sum(dtype=np.int64)), self.sample_count)]
+        used = self.chunk_samples > 0  # an empty chunk holds no byte, wherever it points
+        samples = self.chunk_samples[used]
+        firsts = np.cumsum(samples) - samples
+        lengths = np.add.reduceat(self.sizes, firsts, dtype=np.int64) if len(firsts) else firsts
+        starts = self.chunk_offsets[used]
+        runs: list[tuple[int, int, int]] = []
+        for start, length, count in zip(starts.tolist(), lengths.tolist(), samples.tolist()):
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                at, size, held = runs[-1]
+                runs[-1] = (at, size + length, held + count)
+            else:
+                runs.append((start, length, count))
+        return runs
 
 
 @dataclass
@@ -197,6 +254,8 @@ class Mp4File:
 
     def samples_within_file(self, track: Mp4Track) -> int:
         """How many samples lie entirely inside the file (fewer than all: a truncated file)."""
+        if all(start + length <= self.size for start, length, _ in track.byte_runs):
+            return track.sample_count  # the usual case, without an offset per sample
         return int(np.count_nonzero(track.offsets + track.sizes <= self.size))
 
 
@@ -379,48 +438,46 @@ def _parse_trak(buf: bytes, start: int, end: int, index: int) -> Mp4Track:
     n = len(sizes)
 
     stts = _table(buf, *_one(stbl, b"stts", where), RUNS, "stts")
-    counts = stts["count"].astype(np.int64)
-    if int(counts.sum()) != n:
-        raise Mp4Unsupported(f"{where}: stts covers {int(counts.sum())} samples, stsz has {n}")
-    deltas = np.repeat(stts["value"].astype(np.uint32), counts)
+    if int(stts["count"].sum(dtype=np.int64)) != n:
+        raise Mp4Unsupported(f"{where}: stts covers {int(stts['count'].sum(dtype=np.int64))} samples, stsz has {n}")
+    time_runs = _native_runs(stts, np.uint32)
 
-    composition, ctts_version = None, 0
+    composition_runs, ctts_version = None, 0
     ct = _one(stbl, b"ctts", where, required=False)
     if ct is not None:
         ctts_version = buf[ct[0]]
         ctts = _table(buf, *ct, SIGNED_RUNS if ctts_version == 1 else RUNS, "ctts")
-        ccounts = ctts["count"].astype(np.int64)
-        if int(ccounts.sum()) != n:
-            raise Mp4Unsupported(f"{where}: ctts covers {int(ccounts.sum())} samples, stsz has {n}")
-        composition = np.repeat(ctts["value"].astype(np.int64), ccounts)
+        covered = int(ctts["count"].sum(dtype=np.int64))
+        if covered != n:
+            raise Mp4Unsupported(f"{where}: ctts covers {covered} samples, stsz has {n}")
+        composition_runs = _native_runs(ctts, np.int64)
 
-    sync = None
+    sync_numbers = None
     ss = _one(stbl, b"stss", where, required=False)
     if ss is not None:
-        numbers = _table(buf, *ss, U32, "stss").astype(np.int64)
-        if len(numbers) and (numbers.min() < 1 or numbers.max() > n):
+        sync_numbers = _table(buf, *ss, U32, "stss").astype(np.uint32)
+        if len(sync_numbers) and (sync_numbers.min() < 1 or sync_numbers.max() > n):
             raise Mp4Unsupported(f"{where}: stss names samples outside 1..{n}")
-        sync = np.zeros(n, bool)
-        sync[numbers - 1] = True
 
     dependency = None
     dt = _one(stbl, b"sdtp", where, required=False)
-    if dt is not None:
-        dependency = np.frombuffer(buf, np.uint8, dt[1] - dt[0] - 4, dt[0] + 4)
+    if dt is not None:  # a copy: a view would keep the whole moov alive
+        dependency = np.frombuffer(buf, np.uint8, dt[1] - dt[0] - 4, dt[0] + 4).copy()
 
     co = _one(stbl, b"co64", where, required=False)
     chunk_offsets = (_table(buf, *co, U64, "co64") if co is not None
                      else _table(buf, *_one(stbl, b"stco", where), U32, "stco")).astype(np.int64)
     stsc = _table(buf, *_one(stbl, b"stsc", where), CHUNK_RUNS, "stsc")
-    offsets, indices = _sample_offsets(stsc, chunk_offsets, sizes, where)
+    chunk_samples, indices = _chunk_samples(stsc, len(chunk_offsets), n, where)
 
     other = tuple(sorted(k.decode("latin-1") for k in stbl if k not in SAMPLE_TABLES))
     return Mp4Track(
         track_id=track_id, handler=handler, timescale=timescale, media_duration=media_duration,
         language=language, tkhd_matrix=matrix, tkhd_width=tkhd_width, tkhd_height=tkhd_height,
         edits=edits, has_edts=edts is not None, stsd=stsd, btrt_at=btrt_at, sample_entries=entries, fourcc=fourcc,
-        width=width, height=height, config_type=config_type, config=config, sizes=sizes, offsets=offsets,
-        deltas=deltas, composition=composition, ctts_version=ctts_version, sync=sync, dependency=dependency,
+        width=width, height=height, config_type=config_type, config=config, sizes=sizes, time_runs=time_runs,
+        composition_runs=composition_runs, ctts_version=ctts_version, sync_numbers=sync_numbers,
+        dependency=dependency, chunk_offsets=chunk_offsets, chunk_samples=chunk_samples,
         description_indices=indices, other_tables=other, self_contained=self_contained,
     )
 
@@ -437,15 +494,26 @@ def _self_contained(buf: bytes, minf: dict, where: str) -> bool:
     return len(entries) == 1 and entries[0][0] in (b"url ", b"urn ") and buf[entries[0][2] + 3] & 1 == 1
 
 
-def _sample_offsets(stsc: np.ndarray, chunk_offsets: np.ndarray, sizes: np.ndarray,
-                    where: str) -> tuple[np.ndarray, tuple[int, ...]]:
-    """File offset of every sample from the chunk tables (stsc runs over stco/co64)."""
-    n, n_chunks = len(sizes), len(chunk_offsets)
+def _native_runs(table: np.ndarray, value_type) -> np.ndarray:
+    """(count, value) rows of a big-endian run table in native integers, empty runs left out."""
+    keep = table["count"] > 0
+    out = np.empty((int(np.count_nonzero(keep)), 2), value_type)
+    out[:, 0], out[:, 1] = table["count"][keep], table["value"][keep]
+    return out
+
+
+def _chunk_samples(stsc: np.ndarray, n_chunks: int, n: int, where: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Samples per chunk from the stsc runs, and the sample description indices they use."""
+    if len(stsc) == 1 and stsc[0]["first_chunk"] == 1:  # what FFmpeg writes for equal chunks: checked faster
+        per_chunk, description = int(stsc[0]["samples"]), int(stsc[0]["description"])
+        if per_chunk * n_chunks != n:
+            raise Mp4Unsupported(f"{where}: the chunks hold {per_chunk * n_chunks} samples, stsz has {n}")
+        return np.full(n_chunks, per_chunk, np.int64), (description,)
     first = stsc["first_chunk"].astype(np.int64)
     if len(first) == 0:
         if n:
             raise Mp4Unsupported(f"{where}: samples but an empty stsc")
-        return np.zeros(0, np.int64), ()
+        return np.zeros(n_chunks, np.int64), ()
     if first[0] != 1 or np.any(np.diff(first) <= 0) or first[-1] > max(n_chunks, 1):
         raise Mp4Unsupported(f"{where}: stsc chunk numbers out of order or beyond the {n_chunks} chunks")
     # entry i covers chunks first[i] .. first[i + 1] - 1 (the last one up to the last chunk)
@@ -453,13 +521,7 @@ def _sample_offsets(stsc: np.ndarray, chunk_offsets: np.ndarray, sizes: np.ndarr
     samples_in_chunk = np.repeat(stsc["samples"].astype(np.int64), chunks_per_entry)
     if int(samples_in_chunk.sum()) != n:
         raise Mp4Unsupported(f"{where}: the chunks hold {int(samples_in_chunk.sum())} samples, stsz has {n}")
-    in_track = np.cumsum(sizes, dtype=np.int64) - sizes  # where each sample would be in one chunk
-    if n_chunks == 1:
-        offsets = in_track + chunk_offsets[0]
-    else:
-        first_sample = np.minimum(np.cumsum(samples_in_chunk) - samples_in_chunk, max(n - 1, 0))
-        offsets = np.repeat(chunk_offsets - in_track[first_sample], samples_in_chunk) + in_track
-    return offsets, tuple(sorted(set(stsc["description"].tolist())))
+    return samples_in_chunk, tuple(sorted(set(stsc["description"].tolist())))
 
 
 # ----------------------------------------------------------------------------- timestamps as demuxed
@@ -480,12 +542,22 @@ def _rescale_down(value: int, to_scale: int, from_scale: int) -> int:
     return (value * to_scale) // from_scale
 
 
+def _decode_times(durations: np.ndarray, shift: int) -> np.ndarray:
+    """Decode time of each sample (int64): the durations before it, minus ``shift``."""
+    out = np.empty(len(durations), np.int64)
+    out[:1] = 0
+    out[1:] = durations[:-1]
+    np.cumsum(out, out=out)  # in place: a cumsum to another type would copy the input first
+    out -= shift
+    return out
+
+
 @dataclass(frozen=True)
 class Timeline:
     """The packets FFmpeg's demuxer returns for a track, in the track's time base (1/timescale).
 
-    Only the shift is stored; dts and pts are computed from the track's tables when asked for,
-    so a camera's thousands of checked sources keep one copy of their tables."""
+    Per sample, for the one file being looked at: a camera's checked sources keep their
+    :class:`Part` instead. Only the shift is stored; dts and pts are computed when asked for."""
 
     durations: np.ndarray  # stts duration per packet (the track's array)
     composition: np.ndarray | None  # ctts offset per packet (the track's array; None: pts = dts)
@@ -501,16 +573,14 @@ class Timeline:
 
     @property
     def dts(self) -> np.ndarray:
-        out = np.empty(len(self.durations), np.int64)
-        out[0] = -self.shift
-        np.cumsum(self.durations[:-1], dtype=np.int64, out=out[1:])
-        out[1:] -= self.shift
-        return out
+        return _decode_times(self.durations, self.shift)
 
     @property
     def pts(self) -> np.ndarray:
-        dts = self.dts
-        return dts if self.composition is None else dts + self.composition
+        pts = self.dts
+        if self.composition is not None:
+            pts += self.composition  # in place: the decode times are a fresh array
+        return pts
 
 
 def demuxed_timeline(movie: Mp4File, track: Mp4Track) -> Timeline:
@@ -531,10 +601,12 @@ def demuxed_timeline(movie: Mp4File, track: Mp4Track) -> Timeline:
     cts = track.composition
     if cts is not None and int(cts.min()) < 0:
         raise Mp4Unsupported("negative composition offsets (ctts version 1)")
-    timeline = Timeline(durations=deltas, composition=cts, shift=0, keyframes=track.sync, disposable=None,
+    sync = track.sync
+    keyframes = sync if sync is not None else np.ones(n, bool)
+    timeline = Timeline(durations=deltas, composition=cts, shift=0, keyframes=keyframes, disposable=None,
                         start=0, duration=0)
     pts = timeline.pts
-    keyframes = track.sync if track.sync is not None else np.ones(n, bool)
+    first_pts = int(pts[0])
     disposable = None
     if track.dependency is not None:
         dep = track.dependency
@@ -542,7 +614,7 @@ def demuxed_timeline(movie: Mp4File, track: Mp4Track) -> Timeline:
         if len(dep) != n or not np.array_equal(dep & ~np.uint8(DISPOSABLE), canonical):
             raise Mp4Unsupported("sdtp values other than FFmpeg's (sync / depends / disposable)")
         disposable = (dep & DISPOSABLE) != 0
-    if n > 1 and int(pts[0]) >= int(pts[1:].min()):
+    if n > 1 and first_pts >= int(pts[1:].min()):
         raise Mp4Unsupported("the first sample is not the first one presented")
     duration = min(track.media_duration, int(deltas.sum()))
     shift = 0
@@ -555,31 +627,43 @@ def demuxed_timeline(movie: Mp4File, track: Mp4Track) -> Timeline:
                                  f"rate {rate / 65536:g})")
         span = _rescale_nearest(segment, track.timescale, movie.movie_timescale)
         end = media_time + span
-        if int(pts[0]) < media_time or int(pts.max()) >= end:
+        if first_pts < media_time or int(pts.max()) >= end:
             raise Mp4Unsupported("the edit list cuts samples off")
         if not keyframes[0]:
             raise Mp4Unsupported("the edit list starts on a sample that is not a sync sample")
         # FFmpeg stops reading the table at the first (with ctts: second) sync sample whose
         # presentation reaches the end of the edit; later samples would be dropped.
-        following = np.empty(n, np.int64)
-        following[:-1] = deltas[:-1]
-        following[-1] = span
-        reaching = np.flatnonzero(keyframes & (pts + following >= end))
+        last_end = int(pts[-1]) + span
+        ends = pts  # each sample's presentation end, in place: pts is not used after this
+        ends += deltas
+        ends[-1] = last_end
+        reaching = np.flatnonzero(keyframes & (ends >= end))
         stop_at = 1 if cts is not None else 0
         if len(reaching) > stop_at and int(reaching[stop_at]) < n - 1:
             raise Mp4Unsupported("the edit list ends before the last samples")
-        shift = int(pts[0])  # FFmpeg moves the first presented frame to 0
+        shift = first_pts  # FFmpeg moves the first presented frame to 0
         duration = min(duration, span)
     if duration <= 0:
         raise Mp4Unsupported("the track has no duration")
     return Timeline(durations=deltas, composition=cts, shift=shift, keyframes=keyframes, disposable=disposable,
-                    start=int(pts[0]) - shift, duration=int(duration))
+                    start=first_pts - shift, duration=int(duration))
 
 
 def presentation_times(path: Path | str) -> tuple[np.ndarray, float, int, int]:
     """Sorted presentation times in seconds of the first video track's packets, as FFmpeg
     demuxes them, plus the time base and (samples, samples inside the file): fewer inside than
     samples means a truncated file. Raises :class:`Mp4Error` when the headers do not tell."""
+    timeline, timescale, samples, inside = _first_video_timeline(path)
+    tb = 1.0 / timescale
+    times = timeline.pts.astype(np.float64)
+    times *= tb  # in place: an output file has hundreds of thousands of samples
+    times.sort()
+    return times, tb, samples, inside
+
+
+def _first_video_timeline(path: Path | str) -> tuple[Timeline, int, int, int]:
+    """The first video track's timeline, time scale, samples and samples inside the file; the
+    parsed file (sizes, tables) is freed on return, before the times are computed."""
     movie = read_mp4(path)
     if movie.fragmented:
         raise Mp4Unsupported("fragmented MP4 (moof)")
@@ -587,21 +671,30 @@ def presentation_times(path: Path | str) -> tuple[np.ndarray, float, int, int]:
     if not videos:
         raise Mp4Unsupported("no video track")
     track = videos[0]
-    timeline = demuxed_timeline(movie, track)
-    tb = 1.0 / track.timescale
-    times = np.sort(timeline.pts.astype(np.float64) * tb)
-    return times, tb, track.sample_count, movie.samples_within_file(track)
+    return demuxed_timeline(movie, track), track.timescale, track.sample_count, movie.samples_within_file(track)
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def _box(kind: bytes, *payload: bytes) -> bytes:
-    body = b"".join(payload)
-    return struct.pack(">I4s", 8 + len(body), kind) + body
+def _length(pieces: list) -> int:
+    return sum(p.nbytes if isinstance(p, np.ndarray) else len(p) for p in pieces)
 
 
-def _full_box(kind: bytes, version: int, flags: int, *payload: bytes) -> bytes:
+def _box(kind: bytes, *payload) -> list:
+    """A box as a list of pieces (byte strings and big-endian arrays) to write one after the
+    other; ``payload`` items are pieces or inner boxes. The big tables stay the arrays they were
+    built in instead of being copied into one byte string at each level of nesting."""
+    pieces: list = []
+    for item in payload:
+        if isinstance(item, list):
+            pieces.extend(item)
+        else:
+            pieces.append(item)
+    return [struct.pack(">I4s", 8 + _length(pieces), kind), *pieces]
+
+
+def _full_box(kind: bytes, version: int, flags: int, *payload) -> list:
     return _box(kind, struct.pack(">I", (version << 24) | flags), *payload)
 
 
@@ -614,10 +707,21 @@ def _run_lengths(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return counts, values[starts]
 
 
-def _pairs(first: np.ndarray, second: np.ndarray, dtype: str = ">u4") -> bytes:
+def _merged_runs(counts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs ``(counts, values)`` with the empty ones dropped and equal neighbours joined: what
+    :func:`_run_lengths` gives for the values they stand for."""
+    keep = counts > 0
+    counts, values = counts[keep], values[keep]
+    if len(values) == 0:
+        return counts, values
+    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    return np.add.reduceat(counts, starts), values[starts]
+
+
+def _pairs(first: np.ndarray, second: np.ndarray, dtype: str = ">u4") -> np.ndarray:
     out = np.empty((len(first), 2), dtype)
     out[:, 0], out[:, 1] = first, second
-    return out.tobytes()
+    return out
 
 
 def _stsd_without_bit_rates(track: Mp4Track) -> bytes:
@@ -627,24 +731,125 @@ def _stsd_without_bit_rates(track: Mp4Track) -> bytes:
 
 
 @dataclass(frozen=True)
-class Part:
-    """One source file's samples as they go into an output file."""
+class TrackHeader:
+    """What an output file takes from its first source's headers besides the samples. One
+    encoder writes them alike for a camera's files, which then share one object."""
 
-    movie: Mp4File
-    track: Mp4Track
-    timeline: Timeline
+    timescale: int
+    language: int
+    tkhd_matrix: bytes
+    tkhd_width: int
+    tkhd_height: int
+    ftyp: bytes
+    description: bytes  # the stsd box with the btrt values zeroed
+    btrt_at: int  # offset in it of the btrt box's three values (-1: none)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_header(*fields) -> TrackHeader:
+    return TrackHeader(*fields)
+
+
+def _compact(values: np.ndarray, limit: int, small, large) -> np.ndarray:
+    """``values`` (none negative) as ``small`` when all are at most ``limit``, else as ``large``."""
+    return values.astype(small if int(values.max(initial=0)) <= limit else large, copy=False)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Part:
+    """One checked source file as it goes into an output file: what planning and copying need,
+    in compact form. A camera holds one per episode from the check of every source until its
+    files are written, so no per-sample table is wider than it must be, the tables the files
+    store as runs stay runs, and nothing else of the parsed file (moov, Mp4Track) is kept."""
+
+    path: Path
+    size: int  # bytes on disk when checked
+    mtime_ns: int
+    header: TrackHeader
+    bit_rate: int  # what FFmpeg's demuxer reports: its bytes * 8 / its stts duration in seconds, rounded down
+    sizes: np.ndarray  # bytes per sample: uint16 when every sample fits, else uint32
+    time_runs: np.ndarray  # (samples, duration) runs of the packet durations (stts), uint32
+    composition: np.ndarray | None  # composition offset per sample: int32 if all fit, else int64; None: all 0
+    # Flags as bits (np.packbits; a key frame every other frame would cost 2 bytes a frame as indices)
+    sync: np.ndarray | None  # whether each sample is a key sample; None: every one is
+    disposable: np.ndarray | None  # whether each sample is disposable (sdtp); None: none is
+    byte_runs: tuple[tuple[int, int, int], ...]  # (source offset, bytes, samples) of samples stored back to back
+    shift: int  # the timeline's shift (see Timeline)
+    start: int  # the stream's start time and duration as demuxed
+    duration: int
+    last_dts: int  # decode time of the last sample, in the timeline (after the shift)
+    end: int  # the latest presentation time + duration, in the timeline
+
+    @classmethod
+    def of(cls, movie: Mp4File, track: Mp4Track, timeline: Timeline) -> "Part":
+        at = track.btrt_at
+        header = _shared_header(track.timescale, track.language, track.tkhd_matrix, track.tkhd_width,
+                                track.tkhd_height, movie.ftyp, _stsd_without_bit_rates(track), at)
+        cts = timeline.composition
+        durations = timeline.durations
+        keyframes, disposable = timeline.keyframes, timeline.disposable
+        return cls(
+            path=movie.path, size=movie.size, mtime_ns=movie.mtime_ns, header=header,
+            bit_rate=int(track.sizes.sum(dtype=np.int64)) * 8 * track.timescale // int(durations.sum(dtype=np.int64)),
+            sizes=_compact(track.sizes, 0xFFFF, np.uint16, np.uint32),
+            time_runs=track.time_runs,
+            composition=_compact(cts, INT32_MAX, np.int32, np.int64) if cts is not None and cts.any() else None,
+            sync=None if keyframes.all() else np.packbits(keyframes),
+            disposable=np.packbits(disposable) if disposable is not None and disposable.any() else None,
+            byte_runs=tuple(track.byte_runs), shift=timeline.shift, start=timeline.start,
+            duration=timeline.duration, last_dts=int(durations[:-1].sum(dtype=np.int64)) - timeline.shift,
+            end=int((timeline.pts + durations).max()),
+        )
+
+    @property
+    def frames(self) -> int:
+        return len(self.sizes)
+
+    def keyframes(self) -> np.ndarray:
+        """Whether each sample is a key sample (bool)."""
+        if self.sync is None:
+            return np.ones(self.frames, bool)
+        return np.unpackbits(self.sync, count=self.frames).view(bool)
+
+    def key_count(self) -> int:
+        return self.frames if self.sync is None else int(np.unpackbits(self.sync, count=self.frames).sum())
+
+    def decode_times(self) -> np.ndarray:
+        """Decode time of every sample in the timeline (int64)."""
+        return _decode_times(np.repeat(self.time_runs[:, 1], self.time_runs[:, 0]), self.shift)
 
 
 @dataclass
 class ConcatPlan:
     """Everything about one output file but its sample bytes: the index and where bytes go."""
 
-    parts: list[Part]
+    parts: list[Part]  # their byte runs are copied in order
     begins: list[int]  # per part: where its time range starts in the file (ticks): the parts before it
-    head: bytes  # ftyp + moov + mdat header, written before the samples
-    runs: list[list[tuple[int, int]]]  # per part: (source offset, length) of contiguous byte runs
+    head: list  # ftyp + moov + mdat header as pieces (bytes, big-endian arrays), written before the samples
     frames: int
     size: int  # bytes of the finished file
+
+
+def concatenation_obstacle(parts: list[Part]) -> str | None:
+    """Why :func:`plan_concatenation` would refuse ``parts`` (None: it would not), from a few
+    numbers per part: a camera decides on box copy for all its files before planning the first."""
+    first = parts[0]
+    timescale, description = first.header.timescale, first.header.description
+    for p in parts[1:]:
+        if p.header.timescale != timescale:
+            return f"{p.path.name}: time scale {p.header.timescale}, not {timescale}"
+        if p.header is not first.header and p.header.description != description:
+            return f"{p.path.name}: its sample description differs from {first.path.name}'s"
+    # Decode times increase inside each part (every duration is positive); between two parts
+    # the first sample of the second must come after the last of the first.
+    offset, before, last_dts = 0, 0, None
+    for p in parts:
+        if last_dts is not None and offset - p.start - p.shift <= last_dts:
+            return f"decode times would not increase at sample {before} of the joined file"
+        last_dts = offset - p.start + p.last_dts
+        before += p.frames
+        offset += p.duration
+    return None
 
 
 def plan_concatenation(parts: list[Part]) -> ConcatPlan:
@@ -652,56 +857,56 @@ def plan_concatenation(parts: list[Part]) -> ConcatPlan:
     timestamps shifted so that it starts where the parts before it end (their summed durations).
 
     Raises :class:`Mp4Unsupported` when the parts cannot share one sample description or the
-    shifted decode times would not increase (the muxer would refuse those packets).
+    shifted decode times would not increase (the muxer would refuse those packets). The tables
+    are built from the parts' runs where the file stores runs, and per sample straight into the
+    big-endian array the file holds (stsz, stss, sdtp) otherwise.
     """
     if not parts:
         raise ValueError("nothing to concatenate")
-    first = parts[0].track
-    timescale = first.timescale
-    description = _stsd_without_bit_rates(first)
-    for p in parts[1:]:
-        if p.track.timescale != timescale:
-            raise Mp4Unsupported(f"{p.movie.path.name}: time scale {p.track.timescale}, not {timescale}")
-        if _stsd_without_bit_rates(p.track) != description:
-            raise Mp4Unsupported(f"{p.movie.path.name}: its sample description differs from "
-                                 f"{parts[0].movie.path.name}'s")
-
+    obstacle = concatenation_obstacle(parts)
+    if obstacle is not None:
+        raise Mp4Unsupported(obstacle)
+    first = parts[0]
+    header = first.header
+    timescale = header.timescale
+    n = sum(p.frames for p in parts)
+    firsts = np.cumsum([0] + [p.frames for p in parts[:-1]]).tolist()  # index of each part's first sample
     begins, shifts, offset = [], [], 0
     for p in parts:
         begins.append(offset)
-        shifts.append(offset - p.timeline.start)
-        offset += p.timeline.duration
-    dts = np.concatenate([p.timeline.dts + s for p, s in zip(parts, shifts)])
-    cts = np.concatenate([p.timeline.composition if p.timeline.composition is not None
-                          else np.zeros(p.timeline.frames, np.int64) for p in parts])
-    pts = dts + cts
-    durations = np.concatenate([p.timeline.durations for p in parts]).astype(np.int64)
-    keyframes = np.concatenate([p.timeline.keyframes for p in parts])
-    disposable = np.concatenate([p.timeline.disposable if p.timeline.disposable is not None
-                                 else np.zeros(p.timeline.frames, bool) for p in parts])
-    sizes = np.concatenate([p.track.sizes for p in parts]).astype(np.int64)
-    n = len(dts)
-    if n > 1 and int(np.diff(dts).min()) <= 0:
-        at = int(np.flatnonzero(np.diff(dts) <= 0)[0]) + 1
-        raise Mp4Unsupported(f"decode times would not increase at sample {at} of the joined file")
+        shifts.append(offset - p.start)
+        offset += p.duration
+    first_dts = [s - p.shift for p, s in zip(parts, shifts)]
 
     # The muxer's bookkeeping (FFmpeg movenc): start_dts is the first dts, start_cts the first
     # composition offset lowered by those of packets decoded at or before 0, end_pts the latest
     # pts + duration, and the last sample lasts its packet's duration.
-    start_dts = int(dts[0])
-    early = cts[dts <= 0]
-    start_cts = min(int(cts[0]), int(early.min())) if len(early) else int(cts[0])
-    end_pts = int((pts + durations).max())
-    stts = np.empty(n, np.int64)
-    stts[:-1] = np.diff(dts)
-    stts[-1] = durations[-1]
-    track_duration = int(stts.sum())
+    start_dts = first_dts[0]
+    first_cts = int(first.composition[0]) if first.composition is not None else 0
+    start_cts = first_cts
+    for p, dts0 in zip(parts, first_dts):
+        if dts0 > 0:
+            break  # decode times increase: no later sample is decoded at or before 0
+        early = p.decode_times() + (dts0 + p.shift) <= 0
+        if p.composition is not None:
+            start_cts = min(start_cts, int(p.composition[early].min()))
+        else:
+            start_cts = min(start_cts, 0)
+    end_pts = max(s + p.end for p, s in zip(parts, shifts))
+    # stts: each part's durations, but its last sample lasts until the next part's first one
+    rows = np.concatenate([p.time_runs for p in parts]).astype(np.int64)
+    lasts = np.cumsum([len(p.time_runs) for p in parts])[:-1] - 1
+    gaps = np.asarray([first_dts[i + 1] - (shifts[i] + parts[i].last_dts) for i in range(len(parts) - 1)], np.int64)
+    rows[lasts, 0] -= 1
+    rows = np.insert(rows, lasts + 1, np.stack([np.ones_like(gaps), gaps], axis=1), axis=0)
+    stts_counts, stts_values = _merged_runs(rows[:, 0], rows[:, 1])
+    track_duration = int((stts_counts * stts_values).sum())
     media_duration = end_pts - (start_dts + start_cts)
     track_length = _rescale_up(end_pts, MOVIE_TIMESCALE, timescale)  # tkhd/mvhd: from 0 with an edit list
 
     edit_ct = start_cts
-    if start_cts != int(cts[0]) and start_dts >= 0:
-        edit_ct = int(cts[0])
+    if start_cts != first_cts and start_dts >= 0:
+        edit_ct = first_cts
     edit_duration = _rescale_up(media_duration, MOVIE_TIMESCALE, timescale)
     delay = _rescale_down(start_dts + edit_ct, MOVIE_TIMESCALE, timescale)
     if delay > 0:  # an empty edit delays the presentation
@@ -712,56 +917,76 @@ def plan_concatenation(parts: list[Part]) -> ConcatPlan:
     elst = _full_box(b"elst", elst_version, 0, struct.pack(">I", len(edits)), b"".join(
         struct.pack(">QqI" if elst_version else ">IiI", d, m, 0x10000) for d, m in edits))
 
-    stbl = [_with_bit_rates(first, int(sizes.sum()), track_duration)]
-    counts, values = _run_lengths(stts)
-    stbl.append(_full_box(b"stts", 0, 0, struct.pack(">I", len(counts)), _pairs(counts, values)))
-    n_key = int(keyframes.sum())
+    run_lengths = np.fromiter((length for p in parts for _, length, _ in p.byte_runs), np.int64)
+    payload = int(run_lengths.sum())
+    stbl = [_with_bit_rates(first, payload, track_duration)]
+    stbl.append(_full_box(b"stts", 0, 0, struct.pack(">I", len(stts_counts)), _pairs(stts_counts, stts_values)))
+    key_counts = [p.key_count() for p in parts]
+    n_key = sum(key_counts)
     if 0 < n_key < n:
-        numbers = (np.flatnonzero(keyframes) + 1).astype(">u4")
-        stbl.append(_full_box(b"stss", 0, 0, struct.pack(">I", n_key), numbers.tobytes()))
-    if disposable.any():  # the muxer writes sdtp when a packet is flagged disposable
-        dependency = np.where(keyframes, SYNC_DEPENDENCY, OTHER_DEPENDENCY) | np.where(disposable, DISPOSABLE, 0)
-        stbl.append(_full_box(b"sdtp", 0, 0, dependency.astype(np.uint8).tobytes()))
-    if int(np.count_nonzero(cts)):
-        counts, values = _run_lengths(cts)
+        numbers = np.empty(n_key, ">u4")
+        at = 0
+        for p, base, keys in zip(parts, firsts, key_counts):
+            numbers[at:at + keys] = np.flatnonzero(p.keyframes()) + (base + 1)
+            at += keys
+        stbl.append(_full_box(b"stss", 0, 0, struct.pack(">I", n_key), numbers))
+    if any(p.disposable is not None for p in parts):  # the muxer writes sdtp when a packet is flagged disposable
+        dependency = np.empty(n, np.uint8)
+        for p, base in zip(parts, firsts):
+            flags = dependency[base:base + p.frames]
+            flags[:] = np.where(p.keyframes(), SYNC_DEPENDENCY, OTHER_DEPENDENCY)
+            if p.disposable is not None:
+                flags |= np.unpackbits(p.disposable, count=p.frames) * np.uint8(DISPOSABLE)
+        stbl.append(_full_box(b"sdtp", 0, 0, dependency))
+    if any(p.composition is not None for p in parts):
+        counts, values = [], []
+        for p in parts:
+            if p.composition is None:
+                counts.append(np.asarray([p.frames], np.int64))
+                values.append(np.zeros(1, np.int64))
+            else:
+                c, v = _run_lengths(p.composition)
+                counts.append(c)
+                values.append(v.astype(np.int64))
+        counts, values = _merged_runs(np.concatenate(counts), np.concatenate(values))
         stbl.append(_full_box(b"ctts", 0, 0, struct.pack(">I", len(counts)), _pairs(counts, values)))
 
-    runs, run_samples = [], []
-    for p in parts:
-        off, size = p.track.offsets, p.track.sizes
-        cuts = np.flatnonzero(off[1:] != off[:-1] + size[:-1]) + 1
-        starts = np.concatenate([[0], cuts])
-        stops = np.concatenate([cuts, [len(off)]])
-        runs.append([(int(off[a]), int(off[b - 1] + size[b - 1] - off[a])) for a, b in zip(starts, stops)])
-        run_samples.extend((stops - starts).tolist())
-    counts, per_chunk = _run_lengths(np.asarray(run_samples, np.int64))
+    run_samples = np.fromiter((samples for p in parts for _, _, samples in p.byte_runs), np.int64)
+    counts, per_chunk = _run_lengths(run_samples)
     first_chunks = np.concatenate([[0], np.cumsum(counts)[:-1]]) + 1
     stsc_rows = np.empty((len(counts), 3), ">u4")
     stsc_rows[:, 0], stsc_rows[:, 1], stsc_rows[:, 2] = first_chunks, per_chunk, 1
-    stbl.append(_full_box(b"stsc", 0, 0, struct.pack(">I", len(counts)), stsc_rows.tobytes()))
-    if n and int(sizes.min()) == int(sizes.max()):
-        stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", int(sizes[0]), n)))
+    stbl.append(_full_box(b"stsc", 0, 0, struct.pack(">I", len(counts)), stsc_rows))
+    smallest = min(int(p.sizes.min()) for p in parts)
+    if smallest == max(int(p.sizes.max()) for p in parts):
+        stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", smallest, n)))
     else:
-        stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", 0, n), sizes.astype(">u4").tobytes()))
-    run_lengths = np.asarray([length for part in runs for _, length in part], np.int64)
+        sizes = np.empty(n, ">u4")
+        for p, base in zip(parts, firsts):
+            sizes[base:base + p.frames] = p.sizes
+        stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", 0, n), sizes))
 
-    def moov(data_start: int) -> bytes:
-        chunk_offsets = (data_start + np.concatenate([[0], np.cumsum(run_lengths)[:-1]])).astype(">u8")
-        co64 = _full_box(b"co64", 0, 0, struct.pack(">I", len(chunk_offsets)), chunk_offsets.tobytes())
+    def co64(data_start: int) -> list:
+        chunk_offsets = np.empty(len(run_lengths), ">u8")
+        chunk_offsets[0] = data_start
+        chunk_offsets[1:] = data_start + np.cumsum(run_lengths[:-1])
+        return _full_box(b"co64", 0, 0, struct.pack(">I", len(chunk_offsets)), chunk_offsets)
+
+    def moov(chunk_offsets: list) -> list:
         minf = _box(b"minf", _full_box(b"vmhd", 0, 1, bytes(8)),
                     _box(b"dinf", _full_box(b"dref", 0, 0, struct.pack(">I", 1), _full_box(b"url ", 0, 1))),
-                    _box(b"stbl", *stbl, co64))
+                    _box(b"stbl", *stbl, chunk_offsets))
         mdhd_version = 1 if media_duration >= INT32_MAX else 0
         mdhd = _full_box(b"mdhd", mdhd_version, 0,
                          struct.pack(">QQIQ" if mdhd_version else ">IIII", 0, 0, timescale, media_duration),
-                         struct.pack(">HH", first.language, 0))
+                         struct.pack(">HH", header.language, 0))
         hdlr = _full_box(b"hdlr", 0, 0, bytes(4), b"vide", bytes(12), b"VideoHandler\0")
         head_version = 1 if track_length >= INT32_MAX else 0
         times = struct.pack(">QQ" if head_version else ">II", 0, 0)
         tkhd = _full_box(b"tkhd", head_version, 3, times,
                          struct.pack(">II", 1, 0), struct.pack(">Q" if head_version else ">I", track_length),
-                         bytes(8), struct.pack(">hhhH", 0, 0, 0, 0), first.tkhd_matrix,
-                         struct.pack(">II", first.tkhd_width, first.tkhd_height))
+                         bytes(8), struct.pack(">hhhH", 0, 0, 0, 0), header.tkhd_matrix,
+                         struct.pack(">II", header.tkhd_width, header.tkhd_height))
         trak = _box(b"trak", tkhd, _box(b"edts", elst), _box(b"mdia", mdhd, hdlr, minf))
         mvhd = _full_box(b"mvhd", head_version, 0, times,
                          struct.pack(">I", MOVIE_TIMESCALE), struct.pack(">Q" if head_version else ">I", track_length),
@@ -774,25 +999,24 @@ def plan_concatenation(parts: list[Part]) -> ConcatPlan:
     # HTTP can seek without fetching the whole file. Every table is known before a byte is
     # copied, so this costs nothing; co64 entries have a fixed width, so the moov's size does
     # not depend on the offsets it holds.
-    ftyp = parts[0].movie.ftyp or _box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isomiso2mp41")
+    ftyp = header.ftyp or b"".join(_box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isomiso2mp41"))
     mdat_header = 16  # 64-bit size: files over 4 GiB work
-    moov_size = len(moov(0))
-    data_start = len(ftyp) + moov_size + mdat_header
-    payload = int(run_lengths.sum())
-    head = ftyp + moov(data_start) + struct.pack(">I4sQ", 1, b"mdat", mdat_header + payload)
-    return ConcatPlan(parts=parts, begins=begins, head=head, runs=runs, frames=n, size=len(head) + payload)
+    data_start = len(ftyp) + _length(moov(co64(0))) + mdat_header
+    head = [ftyp, *moov(co64(data_start)), struct.pack(">I4sQ", 1, b"mdat", mdat_header + payload)]
+    return ConcatPlan(parts=parts, begins=begins, head=head, frames=n, size=data_start + payload)
 
 
-def _with_bit_rates(first: Mp4Track, payload: int, track_duration: int) -> bytes:
+def _with_bit_rates(first: Part, payload: int, track_duration: int) -> bytes:
     """The first file's stsd with its btrt box (if any) describing the joined file, as FFmpeg's
     muxer fills it: average = bits / duration, maximum = the larger of that and the bit rate of
-    the stream it copies (the first file's average); no decoder buffer size."""
-    at, stsd = first.btrt_at, first.stsd
-    if at < 0 or track_duration <= 0:
+    the stream it copies (the first file's as its demuxer reports it, computed from the file's
+    bytes and duration: the source's btrt is not read); no decoder buffer size. The duration is
+    positive: every sample lasts some ticks."""
+    at, stsd = first.header.btrt_at, first.header.description
+    if at < 0:
         return stsd
-    first_avg = struct.unpack_from(">I", stsd, at + 8)[0]
-    avg = (payload * 8 * first.timescale // track_duration) & 0xFFFFFFFF
-    return stsd[:at] + struct.pack(">III", 0, max(first_avg, avg), avg) + stsd[at + 12:]
+    avg = (payload * 8 * first.header.timescale // track_duration) & 0xFFFFFFFF
+    return stsd[:at] + struct.pack(">III", 0, max(first.bit_rate, avg), avg) + stsd[at + 12:]
 
 
 class SourceChanged(Mp4Error):
@@ -810,19 +1034,20 @@ def write_concatenation(path: Path | str, plan: ConcatPlan, check_cancel=None) -
     ``check_cancel()`` is called between copy calls and may raise to stop.
     """
     with open(path, "wb") as out:
-        out.write(plan.head)
+        for piece in plan.head:
+            out.write(piece)
         out.flush()
         dst = out.fileno()
         kernel = hasattr(os, "copy_file_range")
-        for part, runs in zip(plan.parts, plan.runs):
-            with open(part.movie.path, "rb") as src:
+        for part in plan.parts:
+            with open(part.path, "rb") as src:
                 st = os.fstat(src.fileno())
-                if (st.st_size, st.st_mtime_ns) != (part.movie.size, part.movie.mtime_ns):
-                    raise SourceChanged(part.movie.path, f"changed since it was checked: {part.movie.size} -> "
-                                                          f"{st.st_size} bytes, modification time "
-                                                          f"{part.movie.mtime_ns} -> {st.st_mtime_ns} ns")
-                for offset, length in runs:
-                    kernel = _copy_run(src.fileno(), dst, offset, length, kernel, check_cancel, part.movie.path)
+                if (st.st_size, st.st_mtime_ns) != (part.size, part.mtime_ns):
+                    raise SourceChanged(part.path, f"changed since it was checked: {part.size} -> "
+                                                   f"{st.st_size} bytes, modification time "
+                                                   f"{part.mtime_ns} -> {st.st_mtime_ns} ns")
+                for offset, length, _ in part.byte_runs:
+                    kernel = _copy_run(src.fileno(), dst, offset, length, kernel, check_cancel, part.path)
         written = os.fstat(dst).st_size
         if written != plan.size:
             raise OSError(f"{path}: wrote {written} bytes, {plan.size} planned")

@@ -926,14 +926,25 @@ def episodes_files_exist(view: DatasetView) -> CheckResult:
 
 # === videos ===================================================================================
 
-def _video_placements(view: DatasetView, con, key: str) -> list[dict] | None:
+@dataclass(frozen=True, slots=True)  # slots: one per episode and camera
+class VideoPlacement:
+    """One episode's placement in one camera's files, as meta/episodes has it."""
+
+    episode_index: int
+    length: int
+    chunk_index: int | None
+    file_index: int | None
+    from_timestamp: float | None
+    to_timestamp: float | None
+
+
+def _video_placements(view: DatasetView, con, key: str) -> list[VideoPlacement] | None:
     cols = _placement_columns("videos", key)
     present = set(view.columns(con, "episodes"))  # once, not once per column
     if any(c not in present for c in cols):
         return None
     sql = (f"SELECT episode_index, length, {', '.join(q(c) for c in cols)} FROM episodes ORDER BY ep_row")
-    return [dict(zip(("episode_index", "length", "chunk_index", "file_index", "from_timestamp", "to_timestamp"), r))
-            for r in con.execute(sql).fetchall()]
+    return [VideoPlacement(*row) for row in con.execute(sql).fetchall()]
 
 
 def _open_video(view: DatasetView, key: str, chunk: int, file_: int) -> tuple[str, Path]:
@@ -1005,14 +1016,14 @@ def video_timestamps(view: DatasetView) -> CheckResult:
             continue
         for p in placed:
             checked += 1
-            start, end, length = p["from_timestamp"], p["to_timestamp"], p["length"]
+            start, end, length = p.from_timestamp, p.to_timestamp, p.length
             if start is None or end is None:
-                offending.append({"video_key": key, "episode_index": p["episode_index"], "fault": "no timestamps"})
+                offending.append({"video_key": key, "episode_index": p.episode_index, "fault": "no timestamps"})
                 continue
             span = end - start
             # Less than one frame period off: a whole frame more or less is a real mismatch.
             if start < 0 or round(abs(span - length / fps) * fps, 6) >= 1:
-                offending.append({"video_key": key, "episode_index": p["episode_index"], "from_timestamp": start,
+                offending.append({"video_key": key, "episode_index": p.episode_index, "from_timestamp": start,
                                   "to_timestamp": end, "span_s": span, "expected_s": length / fps})
     counts = {"cameras": len(keys), "episodes_checked": checked, "offending": len(offending)}
     if offending:
@@ -1028,13 +1039,22 @@ def video_timestamps(view: DatasetView) -> CheckResult:
     return passed(f"{checked} camera episodes span length / fps", counts)
 
 
-def _group_by_file(placed: list[dict]) -> dict[tuple[int, int], list[dict]]:
-    groups: dict[tuple[int, int], list[dict]] = {}
+def _group_by_file(placed: list[VideoPlacement]) -> dict[tuple[int, int], list[VideoPlacement]]:
+    groups: dict[tuple[int, int], list[VideoPlacement]] = {}
     for p in placed:
-        if p["chunk_index"] is None or p["file_index"] is None:
+        if p.chunk_index is None or p.file_index is None:
             continue
-        groups.setdefault((int(p["chunk_index"]), int(p["file_index"])), []).append(p)
+        groups.setdefault((int(p.chunk_index), int(p.file_index)), []).append(p)
     return groups
+
+
+def _frames_between(path: Path, members: list[VideoPlacement], half: float) -> list[int]:
+    """Per member, the packets of ``path`` presented in [from, to) (each bound lowered by half a
+    frame period). The file's times are freed on return, before the next file is read."""
+    times = video_packet_times(path)
+    lo = np.searchsorted(times, [p.from_timestamp - half for p in members], "left")
+    hi = np.searchsorted(times, [p.to_timestamp - half for p in members], "left")
+    return (hi - lo).tolist()
 
 
 @check("video_frame_count", "videos", ERROR,
@@ -1056,25 +1076,22 @@ def video_frame_count(view: DatasetView) -> CheckResult:
         for (chunk, file_), members in _group_by_file(placed).items():
             rel, path = _open_video(view, key, chunk, file_)
             if not path.is_file():
-                offending.append({"video_key": key, "episode_index": members[0]["episode_index"], "file": rel,
+                offending.append({"video_key": key, "episode_index": members[0].episode_index, "file": rel,
                                   "fault": "file missing"})
                 continue
             try:
-                times = video_packet_times(path)
+                counted = _frames_between(path, members, half)
             except TruncatedVideo as e:
-                offending.append({"video_key": key, "episode_index": members[0]["episode_index"], "file": rel,
+                offending.append({"video_key": key, "episode_index": members[0].episode_index, "file": rel,
                                   "fault": str(e)})
                 continue
             files += 1
-            for p in members:
+            for p, frames in zip(members, counted):
                 checked += 1
-                lo = np.searchsorted(times, p["from_timestamp"] - half, "left")
-                hi = np.searchsorted(times, p["to_timestamp"] - half, "left")
-                frames = int(hi - lo)
-                if frames != p["length"]:
-                    offending.append({"video_key": key, "episode_index": p["episode_index"], "file": rel,
-                                      "frames": frames, "length": p["length"],
-                                      "from_timestamp": p["from_timestamp"], "to_timestamp": p["to_timestamp"]})
+                if frames != p.length:
+                    offending.append({"video_key": key, "episode_index": p.episode_index, "file": rel,
+                                      "frames": frames, "length": p.length,
+                                      "from_timestamp": p.from_timestamp, "to_timestamp": p.to_timestamp})
     counts = {"cameras": len(keys), "files": files, "episodes_checked": checked, "offending": len(offending)}
     if offending:
         o = offending[0]
@@ -1117,8 +1134,8 @@ def video_pts_alignment(view: DatasetView) -> CheckResult:
                 continue
             times = video_frame_times(path)
             for p in members:
-                mask = ep_col == p["episode_index"]
-                query = p["from_timestamp"] + ts_col[mask]
+                mask = ep_col == p.episode_index
+                query = p.from_timestamp + ts_col[mask]
                 checked += len(query)
                 if not len(times):
                     nearest = np.full_like(query, np.nan)
@@ -1129,7 +1146,7 @@ def video_pts_alignment(view: DatasetView) -> CheckResult:
                 off = ~(np.abs(nearest - query) <= PTS_TOLERANCE_S)
                 bad_total += int(off.sum())
                 for j in np.flatnonzero(off)[: MAX_OFFENDING - len(offending)]:
-                    offending.append({"video_key": key, "episode_index": p["episode_index"], "file": rel,
+                    offending.append({"video_key": key, "episode_index": p.episode_index, "file": rel,
                                       "frame_index": int(frame_col[mask][j]), "query_s": float(query[j]),
                                       "nearest_frame_s": float(nearest[j])})
     counts = {"cameras": len(keys), "frames_checked": checked, "offending_frames": bad_total,

@@ -29,8 +29,10 @@ Bad input is refused before anything is written: every source MP4 of every kept 
 checked from its headers, which catches missing and unreadable files, a missing video stream,
 files cut short (samples beyond the end of the file) and frame counts that differ from the
 episode length; files box copy does not handle are read packet by packet with PyAV as before.
-Memory stays at the sample tables (one packet, one frame when re-encoding, on the PyAV paths);
-cameras run on a bounded thread pool.
+Memory: from the check until its files are written, a source keeps only its sample tables in
+compact form (``mp4.Part``: a few bytes per frame), and a camera plans and writes one output file
+at a time; the PyAV paths hold one packet (one frame when re-encoding). Cameras run on a
+bounded thread pool.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class StreamParams:
         return changes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a camera holds one per episode until its files are written
 class SourceVideo:
     """One episode MP4 of one camera, as checked."""
 
@@ -106,7 +108,7 @@ class SourceVideo:
     start: int  # pts of the first frame, in time-base ticks
     duration: int  # in time-base ticks
     params: StreamParams
-    # its sample tables, for box copy; None when it was probed with PyAV (see remux_reason)
+    # its sample tables in compact form, for box copy; None when it was probed with PyAV (see remux_reason)
     part: mp4.Part | None = field(default=None, compare=False, repr=False)
     remux_reason: str | None = None  # why box copy cannot take this file
 
@@ -122,7 +124,7 @@ def _bad(code: str, path: Path, camera: str, episode: int, fault: str) -> Record
 # ----------------------------------------------------------------------------- checking sources
 
 
-def pix_fmt_stand_in(track: mp4.Mp4Track) -> str:
+def pix_fmt_stand_in(config_type: bytes, config: bytes) -> str:
     """The pixel format a decoder will report, from the codec configuration alone.
 
     The headers do not name a pixel format; chroma subsampling and bit depth are in the
@@ -130,11 +132,6 @@ def pix_fmt_stand_in(track: mp4.Mp4Track) -> str:
     name for them (``yuv420p``, ``yuv422p10le``, ``gray``, ...). Range (``yuvj*``) is not
     derived; a range change still starts a new file, through the configuration digest.
     """
-    return _pix_fmt_of(track.config_type, track.config)
-
-
-@functools.lru_cache(maxsize=256)  # a camera's episodes share one configuration
-def _pix_fmt_of(config_type: bytes, config: bytes) -> str:
     chroma_depth = None
     try:
         if config_type == b"av1C" and len(config) >= 3:
@@ -229,13 +226,19 @@ def inspect_video(path: Path, camera: str, episode_index: int, expected_frames: 
     if timeline.frames != expected_frames:
         raise _bad("video_frame_count_mismatch", path, camera, episode_index,
                    f"has {timeline.frames} frames but episodes.jsonl says the episode has length {expected_frames}")
-    params = StreamParams(
-        codec=track.codec, width=track.width, height=track.height, pix_fmt=pix_fmt_stand_in(track),
-        time_base=Fraction(1, track.timescale), config_digest=hashlib.sha256(track.config).hexdigest()[:16],
-    )
+    params = _header_params(track.codec, track.width, track.height, track.config_type, track.config, track.timescale)
     return SourceVideo(
         camera=camera, episode_index=episode_index, path=path, size_bytes=movie.size, frames=timeline.frames,
-        start=timeline.start, duration=timeline.duration, params=params, part=mp4.Part(movie, track, timeline),
+        start=timeline.start, duration=timeline.duration, params=params, part=mp4.Part.of(movie, track, timeline),
+    )
+
+
+@functools.lru_cache(maxsize=256)  # a camera's episodes share one object (and one SPS parse) instead of one each
+def _header_params(codec: str, width: int, height: int, config_type: bytes, config: bytes, timescale: int,
+                   ) -> StreamParams:
+    return StreamParams(
+        codec=codec, width=width, height=height, pix_fmt=pix_fmt_stand_in(config_type, config),
+        time_base=Fraction(1, timescale), config_digest=hashlib.sha256(config).hexdigest()[:16],
     )
 
 
@@ -456,19 +459,16 @@ def copy_camera(
         if flag:
             result.notes.append(_change_note(video_key, sources[i], sources[i - 1], slots[i]))
     groups = group_by_slot(slots)
-    if remux:
-        plans, result.remux_reason = None, "PyAV remux requested"
-    else:
-        plans, result.remux_reason = _box_plans(sources, groups)
-    for g, (slot, members) in enumerate(groups):
+    result.remux_reason = "PyAV remux requested" if remux else _box_copy_obstacle_of(sources, groups)
+    for slot, members in groups:
         final = Path(dataset_root) / video_file(video_key, slot.chunk_index, slot.file_index)
-        if plans is not None:
-            _write_box_file(final, plans[g], cancel)
+        if result.remux_reason is None:
+            begins, frames = _write_box_file(final, [sources[i].part for i in members], cancel)
             tb = sources[members[0]].params.time_base
-            for i, begin in zip(members, plans[g].begins):
+            for i, begin in zip(members, begins):
                 result.from_s[i] = begin * tb
                 result.to_s[i] = result.from_s[i] + sources[i].duration_s
-            result.frames += plans[g].frames
+            result.frames += frames
         else:
             with _OutputFile(final, cancel) as out:
                 for i in members:
@@ -478,29 +478,33 @@ def copy_camera(
     return result
 
 
-def _box_plans(sources: list[SourceVideo], groups: list[tuple[FileSlot, list[int]]],
-               ) -> tuple[list[mp4.ConcatPlan] | None, str | None]:
-    """The layout of every output file of a camera (all planned before any is written), or None
-    and the reason when one of them cannot be written by box copy exactly."""
+def _box_copy_obstacle_of(sources: list[SourceVideo], groups: list[tuple[FileSlot, list[int]]]) -> str | None:
+    """Why the camera cannot be written by box copy exactly (None: it can), decided for every
+    output file before the first is written, from a few numbers per source."""
     reason = next((s.remux_reason for s in sources if s.remux_reason), None)
     if reason is not None:
-        return None, reason
-    try:
-        return [mp4.plan_concatenation([sources[i].part for i in members]) for _, members in groups], None
-    except mp4.Mp4Unsupported as e:
-        return None, str(e)
+        return reason
+    for _, members in groups:
+        reason = mp4.concatenation_obstacle([sources[i].part for i in members])
+        if reason is not None:
+            return reason
+    return None
 
 
-def _write_box_file(final: Path, plan: mp4.ConcatPlan, cancel: threading.Event | None) -> None:
+def _write_box_file(final: Path, parts: list[mp4.Part], cancel: threading.Event | None) -> tuple[list[int], int]:
+    """Plan and write one output file; returns where each part begins (ticks) and the frames.
+    Its tables are freed on return, before the camera's next file is planned."""
     def check_cancel() -> None:
         if cancel is not None and cancel.is_set():
             raise EncodeCancelled(f"{final}: cancelled")
 
+    plan = mp4.plan_concatenation(parts)
     with atomic_path(final) as tmp:
         try:
             mp4.write_concatenation(tmp, plan, check_cancel)
         except mp4.SourceChanged as e:
             raise RecordingError("video_changed", e.path, str(e)) from e
+    return plan.begins, plan.frames
 
 
 def reencode_camera(
