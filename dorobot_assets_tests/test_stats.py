@@ -1,6 +1,7 @@
 """Recomputed statistics: LeRobot's histogram quantiles per episode, mergeable value bins for the
 dataset's quantiles, per-episode caching, and typed errors for data that has no statistics."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -108,6 +109,80 @@ def test_value_bins_are_exact_about_their_members():
     assert np.all(np.floor(vmin / width) == np.floor(vmax / width)), "a bin's members share one grid cell"
 
 
+def _quantile_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [
+        rng.normal(size=300),
+        rng.normal(size=2),  # two rows: the smallest histogram that is read
+        np.array([3.0, 3.0, 3.0]),  # constant: a range of 2e-10 around the value
+        rng.integers(0, 4, size=57).astype(np.float64),  # ties: several values per bin
+        1.7e9 + rng.uniform(0, 1e-6, size=40),  # tiny range at a large magnitude: equal edges
+        np.full(9, 1.7e9),  # constant at a large magnitude: all edges equal
+        rng.normal(size=123).astype(np.float32).astype(np.float64) * 1e-8,
+        -np.abs(rng.standard_cauchy(size=250)),  # heavy tail: most values in a few bins
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_quantile_cases())))
+def test_vectorised_quantiles_equal_lerobots_histogram_bit_for_bit(case):
+    x = _quantile_cases()[case]
+    ours = S.numeric_stats(x.reshape(-1, 1), (1,))
+    np.testing.assert_array_equal(np.concatenate([ours[k] for k in QUANTILE_KEYS]), S.lerobot_quantiles(x))
+
+
+def test_vectorised_pixel_quantiles_equal_lerobots_weighted_histogram_bit_for_bit():
+    rng = np.random.default_rng(5)
+    counts = np.zeros((3, 256), np.int64)
+    counts[0, rng.integers(0, 256, 40)] = rng.integers(1, 1000, 40)
+    counts[1, 17] = 5000  # a single level
+    counts[2, [0, 255]] = [1, 1]  # two pixels, the full range
+    s = S.pixel_stats(counts, frames=3)
+    levels = np.arange(256, dtype=np.float64)
+    for c in range(3):
+        present = np.flatnonzero(counts[c])
+        reference = S.lerobot_quantiles(levels[present], counts[c, present].astype(np.float64)) / 255
+        np.testing.assert_array_equal([s[k][c, 0, 0] for k in QUANTILE_KEYS], reference)
+
+
+def test_segments_of_one_call_get_the_stats_each_would_get_alone():
+    rng = np.random.default_rng(2)
+    lengths = [5, 1, 40, 2]
+    state = rng.normal(size=(sum(lengths), 3)).astype(np.float32)
+    index = np.arange(sum(lengths), dtype=np.int64).reshape(-1, 1)
+    together, values = S.segment_stats([state, index], [(3,), ()], np.array(lengths))
+    assert values.shape == (4, sum(lengths))
+    start = 0
+    for e, n in enumerate(lengths):
+        for f, (m, shape) in enumerate([(state, (3,)), (index, ())]):
+            alone = S.numeric_stats(m[start:start + n], shape)
+            for key, value in alone.items():
+                assert together[f][key][e].dtype == value.dtype
+                np.testing.assert_array_equal(together[f][key][e], value, err_msg=f"segment {e} {key}")
+        start += n
+    assert together[1]["min"][:, 0].tolist() == [0, 5, 6, 46] and together[1]["count"][:, 0].tolist() == lengths
+
+
+def test_grid_bins_filled_in_chunks_equal_each_dimensions_bins_on_its_final_grid():
+    rng = np.random.default_rng(4)
+    values = np.stack([rng.normal(size=300), np.full(300, 7.0), rng.integers(0, 9, size=300).astype(np.float64),
+                       np.r_[np.full(100, 2.5), rng.uniform(-50, 50, size=200)]])  # constant at first
+    bins = S.GridBins()
+    for part in (slice(0, 100), slice(100, 101), slice(101, 300)):  # ranges widen chunk by chunk
+        bins.add(values[:, part])
+    count, vmin, vmax, offsets = bins.bins()
+    assert offsets[0] == 0 and offsets[-1] == len(count) and offsets[2] - offsets[1] == 1
+    for d, x in enumerate(values):
+        part = slice(offsets[d], offsets[d + 1])
+        if d == 1:  # constant: one bin
+            assert (count[part].tolist(), vmin[part].tolist(), vmax[part].tolist()) == ([300], [7.0], [7.0])
+            continue
+        cell = np.floor(np.ldexp(x, -S.grid_exponent(np.ptp(x), np.abs(x).max())))
+        cells = np.unique(cell)
+        assert count[part].tolist() == [int((cell == c).sum()) for c in cells]
+        assert vmin[part].tolist() == [x[cell == c].min() for c in cells]
+        assert vmax[part].tolist() == [x[cell == c].max() for c in cells]
+
+
 def _column(values, typ) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array(values, typ)])
 
@@ -128,6 +203,40 @@ def test_bad_numeric_columns_are_refused_with_the_file_and_the_fault(tmp_path):
     assert e.value.code == "bad_vector_length" and "needs 2 per row" in e.value.fault
     ok = S.column_matrix(_column([True, False, True], pa.bool_()), (1,), path, "next.done")
     assert ok.shape == (3, 1)
+
+
+def test_a_bad_value_read_with_other_episodes_is_named_with_its_own_file_and_row(make_sample, tmp_path):
+    src = make_sample("bad", lengths=[12, 15, 9])
+    path = src / "data/chunk-000/episode_000001.parquet"
+    table = pq.read_table(path)
+    state = table.column("observation.state").to_pylist()
+    state[4][2] = float("inf")
+    i = table.column_names.index("observation.state")
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(state, table.schema.field(i).type)), path)
+    work = tmp_path / "work"
+    with pytest.raises(RecordingError) as e:
+        S.compute_episode_stats(read_recording(src), work)
+    assert e.value.code == "non_finite_values" and e.value.path == path
+    assert "'observation.state' row 4 dimension 2 is inf" in e.value.fault
+    assert not (work / S.STATS_CACHE_DIR / S.STATS_INDEX_FILE).exists(), "no index of stats that were not made"
+
+
+def test_an_empty_episode_is_refused_naming_its_data_file(make_sample, tmp_path):
+    rec = read_recording(make_sample("empty", lengths=[12, 15]))
+    rec.episodes[1].length = 0
+    with pytest.raises(RecordingError) as e:
+        S.compute_episode_stats(rec, tmp_path / "work")
+    assert e.value.code == "empty_episode" and e.value.path == rec.episodes[1].data_path
+    assert not (tmp_path / "work").exists(), "refused before anything is written"
+
+
+def test_stats_workers_setting_counts_processes():
+    from dorobot_assets.lib.errors import ConfigError
+    from dorobot_assets.lib.settings import DEFAULT_STATS_WORKERS, ConversionSettings
+
+    assert ConversionSettings().stats_workers == DEFAULT_STATS_WORKERS == (os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match="stats_workers must be >= 1"):
+        ConversionSettings(stats_workers=0)
 
 
 def shrink_recording(full: Path, dest: Path, keep: int) -> Path:
@@ -169,7 +278,30 @@ def test_per_episode_stats_are_reused_and_only_new_or_changed_episodes_computed(
     os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))  # the recording changed
     _, extra = S.compute_episode_stats(read_recording(src), work)
     assert extra["computed_episodes"] == [1] and extra["episodes_reused"] == 4
-    assert len(list((work / S.STATS_CACHE_DIR).glob("*.npz"))) == 5, "stale cache entries are removed"
+    assert extra["numeric_groups_read"] == 1, "the changed episode's group is read again for its value bins"
+    cache = work / S.STATS_CACHE_DIR
+    index = json.loads((cache / S.STATS_INDEX_FILE).read_text())
+    listed = {index["episodes_file"], *index["numeric_files"], *index["camera_files"]}
+    assert {p.name for p in cache.glob("*.npz")} == listed, "stale cache entries are removed"
+
+    _, extra = S.compute_episode_stats(read_recording(src), work)
+    assert (extra["episodes_computed"], extra["numeric_groups_read"]) == (0, 0), "nothing changed: nothing read"
+
+
+def test_value_bins_made_in_groups_and_chunks_merge_to_the_same_quantiles(make_sample, tmp_path, monkeypatch):
+    src = make_sample("groups", lengths=[30, 25, 40, 35, 20], extra_float_features=["gripper"])
+    rec = read_recording(src)
+    one, extra = S.compute_episode_stats(rec, tmp_path / "one")
+    assert extra["numeric_groups_read"] == 1
+    monkeypatch.setattr(S, "NUMERIC_GROUP_EPISODES", 2)
+    monkeypatch.setattr(S, "NUMERIC_CHUNK_VALUES", 1)  # every episode a chunk of its own
+    many, extra = S.compute_episode_stats(rec, tmp_path / "many")
+    assert extra["numeric_groups_read"] == 3
+    assert many.equals(one), "per-episode stats do not depend on which episodes are computed together"
+    q_one, q_many = S.dataset_quantiles(tmp_path / "one"), S.dataset_quantiles(tmp_path / "many")
+    for feature, qs in q_one.items():
+        for key, value in qs.items():
+            np.testing.assert_array_equal(q_many[feature][key], value, err_msg=f"{feature} {key}")
 
 
 def test_dataset_quantiles_of_a_recording_match_numpy_over_all_frames(make_sample, tmp_path):

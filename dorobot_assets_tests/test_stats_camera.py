@@ -1,5 +1,9 @@
-"""Camera statistics from the source mp4s: LeRobot's frame sampling, frames decoded by seeking to
-key frames (AV1 g=2, all-intra H.264, long-GOP H.264 with B-frames), each needed frame once."""
+"""Camera statistics from the source mp4s: LeRobot's frame sampling, only the packets the sampled
+frames depend on fed to the decoder (AV1 g=2, all-intra H.264, long-GOP H.264 with B-frames), each
+needed frame once, pixel levels counted in this process and in helper processes."""
+
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -25,14 +29,29 @@ def all_frames(path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def test_plan_seeks_to_the_last_key_frame_and_covers_each_needed_frame_once():
-    runs = C.plan_decode(keyframes=[0, 12, 24, 36], needed=[3, 5, 20, 30, 31, 40], seek_cost_frames=2)
-    assert runs == [C.DecodeRun(0, (3, 5)), C.DecodeRun(12, (20,)), C.DecodeRun(24, (30, 31)), C.DecodeRun(36, (40,))]
-    # all-intra: every needed frame is its own key frame; neighbours closer than a seek share a run
-    runs = C.plan_decode(keyframes=range(100), needed=[10, 11, 13, 50], seek_cost_frames=2)
-    assert runs == [C.DecodeRun(10, (10, 11, 13)), C.DecodeRun(50, (50,))]
-    runs = C.plan_decode(keyframes=range(0, 100, 2), needed=sample_indices(99), seek_cost_frames=0)
-    assert sorted(f for r in runs for f in r.frames) == list(range(99))
+def test_plan_feeds_each_needed_frame_from_its_key_frame_once():
+    # g=12 without B-frames: presentation order is decode order
+    keys = [i % 12 == 0 for i in range(48)]
+    runs = C.plan_decode(keys, list(range(48)), needed=[3, 5, 20, 30, 31, 40])
+    assert runs == [range(0, 6), range(12, 21), range(24, 32), range(36, 41)]
+    # all-intra: each needed frame is its own run, neighbours merge
+    runs = C.plan_decode([True] * 100, list(range(100)), needed=[10, 11, 13, 50])
+    assert runs == [range(10, 12), range(13, 14), range(50, 51)]
+    runs = C.plan_decode([i % 2 == 0 for i in range(99)], list(range(99)), needed=sample_indices(99))
+    assert runs == [range(0, 99)]
+
+
+def test_plan_follows_decode_order_with_b_frames_and_open_gop_leading_pictures():
+    # decode order I0 P3 B1 B2 | I6 P9 B7 B8 (closed GOPs): frame 2 needs I0 P3 B1 B2
+    presentation = [0, 3, 1, 2, 6, 9, 7, 8]
+    keys = [True, False, False, False, True, False, False, False]
+    assert C.plan_decode(keys, presentation, needed=[2]) == [range(0, 4)]
+    assert C.plan_decode(keys, presentation, needed=[3, 6]) == [range(0, 2), range(4, 5)]
+    # open GOP: decode order I0 P2 B1 | I4 B3 (B3 is shown before I4 and may reference P2)
+    presentation = [0, 2, 1, 4, 3]
+    keys = [True, False, False, True, False]
+    assert C.plan_decode(keys, presentation, needed=[3]) == [range(0, 5)]
+    assert C.plan_decode(keys, presentation, needed=[4]) == [range(3, 4)]
 
 
 @pytest.fixture
@@ -41,24 +60,75 @@ def cams(make_sample):
 
 
 @pytest.mark.parametrize("camera", [c.key for c in CAMERAS])
-def test_seeking_decodes_exactly_the_needed_frames(cams, camera):
+def test_decoding_feeds_only_the_packets_the_needed_frames_depend_on(cams, camera):
     path = cams / f"videos/chunk-000/{camera}/episode_000000.mp4"
     reference = all_frames(path)
     needed = [3, 17, 18, 64, 65, 101, 119]
     counts = C.DecodeCounts()
-    got = list(C.decode_frames(path, needed, 120, counts))
+    got = [(i, frame.to_ndarray(format="rgb24")) for i, frame in C.decoded_frames(path, needed, 120, counts)]
     assert [i for i, _ in got] == needed
     for i, rgb in got:
         assert np.array_equal(rgb, reference[i]), f"frame {i} is not the frame at that position"
-    assert counts.seeks == len(counts.runs) >= 4
+    assert counts.fed == sum(len(r) for r in counts.runs) == counts.decoded
     with av.open(str(path)) as container:
-        keyframes = C.index_video(container, path).keyframes
+        video = C.demux_packets(container, path)
     if camera.endswith("side"):
-        assert keyframes == list(range(0, 120, 12)), "the long-GOP camera has few key frames"
+        assert [video.presentation[i] for i, k in enumerate(video.keyframe) if k] == list(range(0, 120, 12))
+        assert video.presentation != sorted(video.presentation), "B-frames: decode order is not presentation order"
     if camera.endswith("wrist"):  # all-intra: nothing but the needed frames is decoded
         assert counts.decoded == len(needed)
     else:
         assert counts.decoded < 120 / 2
+
+
+def test_sampling_is_lerobots():
+    for length in [1, 2, 57, 99, 100, 101, 464, 465, 1000, 12345, 500000]:
+        assert C.lerobot_sample_indices(length).tolist() == sample_indices(length).tolist(), length
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (480, 640), (720, 1280), (300, 200), (299, 299), (301, 150)])
+def test_stride_is_lerobots_downsampling(shape):
+    frame = np.zeros(shape + (3,), np.uint8)
+    step = C.lerobot_stride(*shape)
+    assert frame[::step, ::step].shape == downsample(frame).shape
+
+
+def test_level_counter_counts_each_channel_of_every_pixel():
+    rng = np.random.default_rng(9)
+    frames = [rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8) for _ in range(6)]
+    frames += [rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)]  # another size, odd pixel count
+    frames += [np.full((2, 2, 3), 200, np.uint8)[::1, ::2]]  # not contiguous
+    weights = [1, 1, 3, 1, 1, 1, 2, 1]
+    counter = C.LevelCounter()
+    for frame, weight in zip(frames, weights):
+        counter.add(frame, weight)
+    expected = sum(w * np.stack([np.bincount(f[..., c].ravel(), minlength=256) for c in range(3)])
+                   for f, w in zip(frames, weights))
+    np.testing.assert_array_equal(counter.take(), expected)
+    counter.add(frames[0])  # taking the counts starts from zero
+    np.testing.assert_array_equal(counter.take(), np.stack([np.bincount(frames[0][..., c].ravel(), minlength=256)
+                                                           for c in range(3)]))
+
+
+def test_helper_processes_count_the_same_levels_and_name_a_broken_video(cams):
+    rec = read_recording(cams)
+    jobs = [C.level_job(ep.video_paths[cam.key], ep.length) for ep in rec.episodes for cam in CAMERAS]
+    with C.LevelCounting(jobs, threads=1) as here:
+        alone = [sample for _, sample in here.outcomes()]
+        assert here.helper_processes == 0
+    with C.LevelCounting(jobs, threads=3) as spread:
+        assert spread.helper_processes == 2  # of two and one decoding threads
+        together = [sample for _, sample in spread.outcomes()]
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a.level_counts, b.level_counts)
+        assert a.frames == b.frames == min(100, a.frames) and a.decode.decoded == b.decode.decoded
+
+    broken = cams / "videos/chunk-000/observation.images.side/episode_000001.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    with pytest.raises(RecordingError) as e:
+        with C.LevelCounting(jobs, threads=3) as spread:
+            list(spread.outcomes())
+    assert e.value.code == "video_unreadable" and e.value.path == broken
 
 
 def test_camera_episode_stats_match_numpy_on_the_same_sampled_frames(cams, tmp_path):
@@ -94,3 +164,17 @@ def test_unreadable_video_is_refused_naming_the_mp4(cams, tmp_path):
     with pytest.raises(RecordingError) as e:
         S.compute_episode_stats(read_recording(cams), tmp_path / "work")
     assert e.value.code == "video_unreadable" and e.value.path == path
+
+
+def test_the_parent_of_helper_processes_never_loads_pyav(cams):
+    code = f"""
+import sys
+from dorobot_assets.lib import camera_stats as C
+from dorobot_assets.lib.v21 import read_recording
+rec = read_recording({str(cams)!r})
+jobs = [C.level_job(ep.video_paths[k], ep.length) for ep in rec.episodes for k in rec.video_keys]
+with C.LevelCounting(jobs, threads=2) as counting:
+    print(sum(1 for _ in counting.outcomes()), counting.helper_processes, "av" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["6", "1", "False"]  # one helper decoding on two threads

@@ -139,3 +139,48 @@ def test_quantile_check_fails_a_stats_json_more_than_one_bin_off(runs, tmp_path)
             stats[feature].pop(key)
     stats_path.write_text(json.dumps(stats))
     assert not stats_checks.stats_quantiles_exact(DatasetView(root=copy, info=info)).applicable
+
+
+def test_quantile_check_from_counts_decides_as_the_sorted_values_do(runs, tmp_path):
+    """Each quantile moved by a chosen fraction of its allowance: the check (streaming counts,
+    and the two order statistics around a bound where counts cannot decide) fails exactly those
+    moved by more than one allowance, as comparing with numpy's sorted quantile does."""
+    copy = tmp_path / "copy"
+    shutil.copytree(runs.out, copy)
+    info = json.loads((copy / "meta/info.json").read_text())
+    stats_path = copy / "meta/stats.json"
+    original = stats_path.read_text()
+    data = pa.concat_tables(pq.read_table(p) for p in sorted(copy.glob("data/*/*.parquet")))
+    fractions = iter([-1.5, -0.99, -0.5, 0.0, 0.5, 0.99, 1.5, -1.01, 1.01] * 10)
+    # floats (one quantile key at a time: few enough findings to be listed); integers, where
+    # x[r] and x[r+1] straddle the bounds; float32 timestamps in steps of 1/30
+    cases = [("action", [key]) for key in QUANTILE_KEYS] + [(f, QUANTILE_KEYS) for f in ("frame_index", "index", "timestamp")]
+    for feature, keys in cases:
+        stats = json.loads(original)
+        values = np.asarray(data.column(feature).to_pylist(), np.float64).reshape(data.num_rows, -1)
+        exact = np.quantile(values, QUANTILES, axis=0)
+        lo, hi = values.min(axis=0), values.max(axis=0)
+        allowed = (hi - lo) / S.HISTOGRAM_BINS + 4 * np.finfo(np.float64).eps * np.maximum(np.maximum(abs(lo), abs(hi)), 1)
+        expected = set()
+        for key in keys:
+            fraction = np.array([next(fractions) for _ in range(values.shape[1])])
+            stats[feature][key] = (exact[QUANTILE_KEYS.index(key)] + fraction * allowed).tolist()
+            expected |= {(feature, d, key) for d in np.flatnonzero(np.abs(fraction) > 1).tolist()}
+        stats_path.write_text(json.dumps(stats))
+        result = stats_checks.stats_quantiles_exact(DatasetView(root=copy, info=info))
+        assert {(o["feature"], o["dimension"], o["quantile"]) for o in result.offending} == expected, (feature, keys)
+        assert result.counts["offending"] == len(expected) and result.passed == (not expected)
+
+
+def test_source_comparison_reports_the_worst_element_a_shape_and_a_count():
+    ours = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    found = stats_checks._differences("mean", False, [[1.0, 2.0, 3.0], [4.0, 5.5, 6.2], [7.0, 8.0]], ours)
+    assert sorted(found, key=lambda f: f[0]) == [
+        (1, {"stat": "mean", "element": 1, "source": 5.5, "recomputed": 5.0}),  # 0.5 off is worse than 0.2
+        (2, {"stat": "mean", "element": None, "source": "shape (2,)", "recomputed": "shape (3,)"}),
+    ]
+    assert stats_checks._differences("std", False, [[1.00001, 2.0, 3.0]], ours[:1]) == []  # within 1e-4 relative
+    camera = np.full((1, 3), 0.5)
+    assert stats_checks._differences("mean", True, [[[[0.51]], [[0.5]], [[0.485]]]], camera) == []  # within 0.02
+    assert stats_checks._differences("count", False, [[100], [7]], np.array([[100.0], [8.0]])) == [
+        (1, {"stat": "count", "element": 0, "source": 7, "recomputed": 8})]

@@ -94,3 +94,38 @@ def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def read_parquet(path) -> pa.Table:
     """A whole parquet file as a table (``pq.read_table`` would load pyarrow.dataset, see above)."""
     return pq.ParquetFile(path).read()
+
+
+def nested_list_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """Rows of a regular array ``(rows, d1, d2, ...)`` as nested lists ``list<list<...>>`` of
+    ``arrow_type`` (int64 or float64), one list level per dimension after the first."""
+    flat = np.ascontiguousarray(values, dtype=arrow_type.to_pandas_dtype()).reshape(-1)
+    column = numpy_array(flat, arrow_type)
+    for size in reversed(values.shape[1:]):
+        offsets = np.arange(0, len(column) + 1, size, dtype=np.int32)
+        column = pa.ListArray.from_arrays(numpy_array(offsets, pa.int32()), column)
+    return column
+
+
+def nested_list_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """A column of equally long nested numeric lists as a ``(rows, d1, d2, ...)`` array, or None
+    when the lists are ragged, null or not numeric (callers then use ``to_pylist``)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    shape = [len(arr)]
+    while pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        if arr.null_count:
+            return None
+        offsets = column_numpy(arr.offsets) if pa.types.is_list(arr.type) else None
+        inner = arr.flatten()
+        if offsets is not None:
+            sizes = np.diff(offsets)
+            if len(sizes) and sizes.min() != sizes.max():
+                return None
+            size = int(sizes[0]) if len(sizes) else 0
+        else:
+            size = arr.type.list_size
+        shape.append(size)
+        arr = inner
+    if arr.null_count or not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        return None
+    return column_numpy(arr).reshape(shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from dorobot_assets.lib.errors import ConfigError
@@ -15,6 +16,8 @@ from dorobot_assets.lib.v30 import (
 STATS_MODES = ("recompute", "copy")
 MISSING_CAMERA_MODES = ("error", "drop")
 DEFAULT_VIDEO_WORKERS = 2  # cameras converted at once within the videos step (the machine has 2 cores)
+# threads decoding frames for camera statistics (in helper processes; 1: in the step's process)
+DEFAULT_STATS_WORKERS = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class ConversionSettings:
     # videos: transcode every episode through the video encoder instead of stream copy
     reencode: bool = False
     video_workers: int = DEFAULT_VIDEO_WORKERS
+    # recompute: camera frames decoded and counted at once (threads in helper processes)
+    stats_workers: int = DEFAULT_STATS_WORKERS
 
     def __post_init__(self):
         for name in ("data_file_size_mb", "video_file_size_mb", "audio_file_size_mb"):
@@ -44,3 +49,5 @@ class ConversionSettings:
             raise ConfigError(f"missing_cameras must be one of {MISSING_CAMERA_MODES}, got {self.missing_cameras!r}")
         if self.video_workers < 1:
             raise ConfigError(f"video_workers must be >= 1, got {self.video_workers}")
+        if self.stats_workers < 1:
+            raise ConfigError(f"stats_workers must be >= 1, got {self.stats_workers}")

@@ -10,17 +10,22 @@ envelope of per-episode quantiles (LeRobot #3804/#4156).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from dorobot_assets.lib.arrow import column_numpy, int64_array, nested_list_array, nested_list_numpy
 from dorobot_assets.lib.errors import OutputError, RecordingError
 from dorobot_assets.lib.fsutil import atomic_path, remove_stale_temp_files, write_json_atomic
+from dorobot_assets.lib.settings import DEFAULT_STATS_WORKERS
 from dorobot_assets.lib.v21 import EPISODES_STATS_FILE, INFO_FILE, Recording, read_episode_data
 from dorobot_assets.lib.v30 import QUANTILE_KEYS, QUANTILES, STAT_KEYS, STATS_PATH
 
@@ -47,7 +52,7 @@ def _arrow_type(values: list[np.ndarray]) -> pa.DataType:
 
 def stats_table(episode_indices: list[int], per_episode: list[dict[str, dict[str, np.ndarray]]]) -> pa.Table:
     """Build the ``episode_index`` + ``stats/*`` table. Feature and stat order follow episode 0."""
-    columns: dict[str, pa.Array] = {"episode_index": pa.array(episode_indices, pa.int64())}
+    columns: dict[str, pa.Array] = {"episode_index": int64_array(episode_indices)}
     if not per_episode:
         return pa.table(columns)
     order: list[tuple[str, str]] = []
@@ -61,7 +66,10 @@ def stats_table(episode_indices: list[int], per_episode: list[dict[str, dict[str
         while pa.types.is_list(base):
             base = base.value_type
         cast = np.int64 if pa.types.is_integer(base) else np.float64
-        columns[stats_column(feature, stat)] = pa.array([v.astype(cast).tolist() for v in values], typ)
+        if len({v.shape for v in values}) == 1:  # the usual case: one shape for every episode
+            columns[stats_column(feature, stat)] = nested_list_array(np.stack(values).astype(cast), base)
+        else:
+            columns[stats_column(feature, stat)] = pa.array([v.astype(cast).tolist() for v in values], typ)
     return pa.table(columns)
 
 
@@ -102,7 +110,8 @@ def table_to_episode_stats(table: pa.Table) -> dict[str, dict[str, np.ndarray]]:
         if not name.startswith(STATS_PREFIX):
             continue
         feature, stat = split_stats_column(name)
-        out.setdefault(feature, {})[stat] = np.asarray(table.column(name).to_pylist())
+        values = nested_list_numpy(table.column(name))
+        out.setdefault(feature, {})[stat] = np.asarray(table.column(name).to_pylist()) if values is None else values
     return out
 
 
@@ -152,19 +161,31 @@ ALL_STAT_KEYS = STAT_KEYS + QUANTILE_KEYS
 #
 # Per episode, every numeric parquet column (vectors per dimension) and every camera (sampled,
 # decoded frames) gets min, max, mean, std, count and q01..q99. Quantiles follow LeRobot's
-# histogram algorithm (notes §4.1) so the per-episode numbers mean what LeRobot's mean. Beside
-# them each episode keeps "value bins" in the work folder: counts with the exact smallest and
-# largest value per bin of a power-of-two grid. Grids of different episodes nest, so the
-# dataset's quantiles come from merging them (dataset_quantiles) without re-reading the data.
+# histogram algorithm (notes §4.1) so the per-episode numbers mean what LeRobot's mean. For the
+# dataset's quantiles the work folder keeps "value bins": counts with the exact smallest and
+# largest value per bin of a power-of-two grid, per group of episodes (numeric) and pixel-level
+# counts per episode (cameras). Grids of different groups nest, so the dataset's quantiles come
+# from merging them (dataset_quantiles) without re-reading the data.
 
 HISTOGRAM_BINS = 5000  # per dimension, as LeRobot's RunningQuantileStats (notes §4.1)
 EDGE_PADDING = 1e-10  # LeRobot widens the first batch's range by this much on each side
-STATS_ALGORITHM = "1"  # bump when per-episode results change: cached episodes are then recomputed
+STATS_ALGORITHM = "2"  # bump when per-episode results change: cached episodes are then recomputed
 STATS_CACHE_DIR = "episode_stats"
 STATS_INDEX_FILE = "index.json"
 NUMERIC = "numeric"
 CAMERA = "camera"
 _FLOAT64_MANTISSA_BITS = 52
+# Numeric values (rows x dimensions) read, sorted and binned at once: a chunk's arrays are a
+# few float64 copies of this (~2 MiB each), whatever the recording's size (an episode longer
+# than that is a chunk of its own). Measured fastest per value: larger arrays fall out of cache.
+NUMERIC_CHUNK_VALUES = 1 << 18
+# Episodes whose numeric value bins share one cache file. A changed episode makes its group's
+# data be read again for the bins; a group's file holds at most ~10^4 bins per dimension.
+NUMERIC_GROUP_EPISODES = 512
+# Episodes whose camera pixel-level counts share one cache file.
+CAMERA_BLOCK_EPISODES = 128
+# Data files read ahead by threads while a chunk is computed (pyarrow releases the GIL).
+READ_THREADS = 2
 
 
 def stats_features(rec: Recording) -> dict[str, str]:
@@ -201,7 +222,7 @@ def column_matrix(column: pa.ChunkedArray, shape: tuple[int, ...], path: Path, n
         if arr.null_count:
             raise RecordingError("null_values", path, f"column {name!r} has {arr.null_count} null vectors")
         if not pa.types.is_fixed_size_list(arr.type) and len(arr):
-            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+            lengths = np.diff(column_numpy(arr.offsets))
             if lengths.min() != lengths.max():
                 raise RecordingError(
                     "bad_vector_length", path,
@@ -219,8 +240,10 @@ def column_matrix(column: pa.ChunkedArray, shape: tuple[int, ...], path: Path, n
             f"column {name!r} holds {len(arr)} values in {rows} rows; info.json shape {list(shape)} "
             f"needs {width} per row",
         )
-    values = arr.to_numpy(zero_copy_only=False).reshape(rows, width)
-    if values.dtype.kind == "f":
+    # booleans are bit-packed: Arrow's own conversion; numbers straight from the buffer
+    values = (arr.to_numpy(zero_copy_only=False) if pa.types.is_boolean(arr.type) else column_numpy(arr)).reshape(rows, width)
+    # NaN and inf show in the extremes; finding the first one costs a pass only when there is one
+    if values.dtype.kind == "f" and len(values) and not np.isfinite(values.min() + values.max()):
         bad = ~np.isfinite(values)
         if bad.any():
             row, dim = (int(v[0]) for v in np.nonzero(bad))
@@ -230,6 +253,9 @@ def column_matrix(column: pa.ChunkedArray, shape: tuple[int, ...], path: Path, n
                 "undefined; use stats mode 'copy' to keep the source's",
             )
     return values
+
+
+# --- LeRobot's histogram quantiles
 
 
 def histogram_quantiles(hist: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -256,127 +282,307 @@ def histogram_quantiles(hist: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def lerobot_quantiles(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """QUANTILES of one dimension from a HISTOGRAM_BINS histogram over its own range (one batch
     holding the whole episode, so the histogram is never rebuilt). Results are clamped to
-    [min, max]: LeRobot's padded outer edges are not values of the data."""
+    [min, max]: LeRobot's padded outer edges are not values of the data.
+
+    The literal algorithm, one dimension at a time; the statistics use
+    :func:`lerobot_quantiles_many`, which gives the same numbers for many at once (tested)."""
     lo, hi = float(values.min()), float(values.max())
     edges = np.linspace(lo - EDGE_PADDING, hi + EDGE_PADDING, HISTOGRAM_BINS + 1)
     hist, _ = np.histogram(values, bins=edges, weights=weights)
     return np.clip(histogram_quantiles(hist, edges), lo, hi)
 
 
-def numeric_stats(values: np.ndarray, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Stats of one episode's column, ``values`` shaped (rows, D), computed in float64.
-
-    Integer and boolean columns keep integer min/max (as LeRobot writes them). With fewer than
-    two rows every quantile is the mean (LeRobot's rule)."""
-    x = values.astype(np.float64)
-    rows = len(x)
-    integral = values.dtype.kind in "iub"
-    mean = x.mean(axis=0)
-    if rows >= 2:
-        quantiles = np.stack([lerobot_quantiles(x[:, d]) for d in range(x.shape[1])], axis=1)
-    else:
-        quantiles = np.tile(mean, (len(QUANTILES), 1))
-    stat_shape = _stat_shape(shape)
-    lo, hi = values.min(axis=0), values.max(axis=0)
-    out = {
-        "min": (lo.astype(np.int64) if integral else lo.astype(np.float64)).reshape(stat_shape),
-        "max": (hi.astype(np.int64) if integral else hi.astype(np.float64)).reshape(stat_shape),
-        "mean": mean.reshape(stat_shape),
-        "std": x.std(axis=0).reshape(stat_shape),
-        "count": np.array([rows], np.int64),
-    }
-    for key, q in zip(QUANTILE_KEYS, quantiles):
-        out[key] = q.reshape(stat_shape)
-    return out
+def _edges(j: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """``np.linspace(start, stop, HISTOGRAM_BINS + 1)[j]`` for the chosen ``j`` only, in
+    linspace's own arithmetic, so bit for bit the edges LeRobot's histogram uses."""
+    delta = stop - start
+    step = delta / HISTOGRAM_BINS
+    jf = j.astype(np.float64)
+    edge = np.where(step == 0, jf / HISTOGRAM_BINS * delta + start, jf * step + start)
+    return np.where(j == HISTOGRAM_BINS, stop, edge)
 
 
-def pixel_stats(level_counts: np.ndarray, frames: int) -> dict[str, np.ndarray]:
-    """Camera stats from per-channel counts of the 256 pixel levels of the sampled frames:
-    values in [0, 1], shape (3, 1, 1), ``count`` = frames sampled (notes §1.4, §4.3). Exact in
-    float64 (no uint8 arithmetic); quantiles from the §4.1 histogram over pixel levels."""
-    counts = np.asarray(level_counts, np.float64)
-    channels, n_levels = counts.shape
-    levels = np.arange(n_levels, dtype=np.float64)
-    total = counts.sum(axis=1)
-    mean = counts @ levels / total
-    var = (counts * (levels[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
-    lo = np.array([np.flatnonzero(c)[0] for c in counts], np.float64)
-    hi = np.array([np.flatnonzero(c)[-1] for c in counts], np.float64)
-    quantiles = np.empty((len(QUANTILES), channels))
-    for c in range(channels):
-        present = np.flatnonzero(counts[c])
-        if total[c] >= 2:
-            quantiles[:, c] = lerobot_quantiles(levels[present], counts[c, present])
+def _bin_of(value: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """The histogram bin of each value: the last j < HISTOGRAM_BINS with edge(j) <= value
+    (np.histogram counts the top edge in the last bin). Guessed by division and checked against
+    the exact edges; a wrong guess (rounding, or equal edges of a tiny range at a large
+    magnitude) is settled by binary search."""
+    last_bin = HISTOGRAM_BINS - 1
+    step = (stop - start) / HISTOGRAM_BINS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        guess = np.where(step > 0, np.floor((value - start) / step), last_bin)
+    j = np.clip(np.nan_to_num(guess, nan=last_bin), 0, last_bin).astype(np.int64)
+    wrong = (_edges(j, start, stop) > value) | ((j < last_bin) & (_edges(j + 1, start, stop) <= value))
+    if wrong.any():
+        w = np.flatnonzero(wrong)
+        x, lo_edge, hi_edge = value[w], start[w], stop[w]
+        first, last = np.zeros(len(w), np.int64), np.full(len(w), last_bin, np.int64)
+        while True:
+            open_ = first < last
+            if not open_.any():
+                break
+            mid = (first + last + 1) // 2
+            inside = _edges(mid, lo_edge, hi_edge) <= x
+            first = np.where(open_ & inside, mid, first)
+            last = np.where(open_ & ~inside, mid - 1, last)
+        j[w] = first
+    return j
+
+
+def lerobot_quantiles_many(
+    n: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+    order_statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    count_below: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """:func:`lerobot_quantiles` of many lanes (sets of values) at once, ``(len(QUANTILES), lanes)``.
+
+    A lane is described by its size ``n``, ``lo`` and ``hi`` and two functions over flat arrays
+    of (lane, ...) pairs: ``order_statistic(lane, r)``, the lane's r-th smallest value (1-based),
+    and ``count_below(lane, v, guess)``, how many of its values are < v (``guess`` is likely
+    right). The histogram is never built: the first bin whose cumulative count reaches
+    ``t = q·n`` is the bin of the ``ceil(t)``-th smallest value, and its two cumulative counts
+    are the counts below its edges."""
+    lanes = len(n)
+    nf = np.asarray(n, np.float64)
+    lane = np.tile(np.arange(lanes), len(QUANTILES))
+    target = np.repeat(np.asarray(QUANTILES), lanes) * nf[lane]
+    rank = np.ceil(target).astype(np.int64)
+    value = order_statistic(lane, rank)
+    start, stop = (lo - EDGE_PADDING)[lane], (hi + EDGE_PADDING)[lane]
+    j = _bin_of(value, start, stop)
+    left, right = _edges(j, start, stop), _edges(j + 1, start, stop)
+    below = count_below(lane, left, (rank - 1).astype(np.float64))
+    upto = np.where(j == HISTOGRAM_BINS - 1, nf[lane], count_below(lane, right, rank.astype(np.float64)))
+    with np.errstate(invalid="ignore", divide="ignore"):  # bin 0 is not interpolated
+        inner = left + (target - below) / (upto - below) * (right - left)
+    value = np.clip(np.where(j == 0, start, inner), lo[lane], hi[lane])
+    return value.reshape(len(QUANTILES), lanes)
+
+
+def _count_below_sorted(sorted_values: np.ndarray, first: np.ndarray, n: np.ndarray
+                        ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """``count_below`` for lanes ``sorted_values[first : first + n]`` (each ascending): the
+    guess is checked against its neighbours, binary search where it is wrong."""
+    top = len(sorted_values) - 1
+
+    def count_below(lane: np.ndarray, v: np.ndarray, guess: np.ndarray) -> np.ndarray:
+        g = guess.astype(np.int64)
+        a, size = first[lane], n[lane]
+        ok = ((g == 0) | (sorted_values[np.clip(a + g - 1, 0, top)] < v)) & \
+             ((g == size) | (sorted_values[np.clip(a + g, 0, top)] >= v))
+        if not ok.all():
+            w = np.flatnonzero(~ok)
+            lo, hi, x = a[w].copy(), a[w] + size[w], v[w]
+            while True:
+                open_ = lo < hi
+                if not open_.any():
+                    break
+                mid = (lo + hi) // 2
+                less = sorted_values[np.minimum(mid, top)] < x
+                lo = np.where(open_ & less, mid + 1, lo)
+                hi = np.where(open_ & ~less, mid, hi)
+            g[w] = lo - a[w]
+        return g.astype(np.float64)
+
+    return count_below
+
+
+# --- per-episode statistics, many episodes at once
+
+
+def segment_stats(matrices: list[np.ndarray], shapes: list[tuple[int, ...]], lengths: np.ndarray
+                  ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Stats of consecutive segments (episodes) of rows, for several numeric columns at once.
+
+    ``matrices[f]`` is column f's values ``(rows, width)`` in its own dtype, ``lengths`` the
+    segments' row counts. Returns per column ``{stat: (segments, *stat shape)}`` (float64;
+    integer and boolean columns keep int64 min/max, as LeRobot writes them) and the values as
+    ``(dimensions, rows)`` float64, sorted within each segment (for the value bins). With fewer
+    than two rows every quantile is the mean (LeRobot's rule)."""
+    lengths = np.asarray(lengths, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.intp)
+    rows = int(lengths.sum())
+    widths = [m.shape[1] for m in matrices]
+    dims = int(sum(widths))
+    values = np.empty((dims, rows), np.float64)
+    d = 0
+    for m, w in zip(matrices, widths):
+        values[d:d + w] = m.T
+        d += w
+    mean = np.add.reduceat(values, starts, axis=1) / lengths
+    deviation = values - np.repeat(mean, lengths, axis=1)
+    np.multiply(deviation, deviation, out=deviation)
+    std = np.sqrt(np.add.reduceat(deviation, starts, axis=1) / lengths)
+    del deviation
+    for a, n in zip(starts, lengths):
+        values[:, a:a + n].sort(axis=1)
+    lanes_first = (np.arange(dims)[:, None] * rows + starts[None, :]).ravel()  # (dims x segments)
+    lanes_n = np.broadcast_to(lengths, (dims, len(lengths))).ravel()
+    flat = values.reshape(-1)
+    lo, hi = flat[lanes_first], flat[lanes_first + lanes_n - 1]
+    quantiles = lerobot_quantiles_many(
+        lanes_n, lo, hi,
+        order_statistic=lambda lane, r: flat[lanes_first[lane] + r - 1],
+        count_below=_count_below_sorted(flat, lanes_first, lanes_n),
+    ).reshape(len(QUANTILES), dims, len(lengths))
+    quantiles = np.where(lengths >= 2, quantiles, mean[None])
+    lo, hi = lo.reshape(dims, -1), hi.reshape(dims, -1)
+    out = []
+    d = 0
+    for m, w, shape in zip(matrices, widths, shapes):
+        stat_shape = (len(lengths),) + _stat_shape(shape)
+        part = slice(d, d + w)
+        if m.dtype.kind in "iub":  # exact in the column's own type, whatever its magnitude
+            low = np.minimum.reduceat(m, starts, axis=0).astype(np.int64)
+            high = np.maximum.reduceat(m, starts, axis=0).astype(np.int64)
         else:
-            quantiles[:, c] = mean[c]
+            low, high = lo[part].T, hi[part].T
+        stats = {
+            "min": low.reshape(stat_shape),
+            "max": high.reshape(stat_shape),
+            "mean": mean[part].T.reshape(stat_shape),
+            "std": std[part].T.reshape(stat_shape),
+            "count": lengths.reshape(-1, 1).copy(),
+        }
+        for key, q in zip(QUANTILE_KEYS, quantiles[:, part]):
+            stats[key] = q.T.reshape(stat_shape)
+        out.append(stats)
+        d += w
+    return out, values
+
+
+def numeric_stats(values: np.ndarray, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Stats of one episode's column, ``values`` shaped (rows, D), computed in float64."""
+    (stats,), _ = segment_stats([values], [shape], np.array([len(values)]))
+    return {k: v[0] for k, v in stats.items()}
+
+
+def pixel_stats_many(level_counts: np.ndarray, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Camera stats of many episodes from per-channel counts of the 256 pixel levels of their
+    sampled frames ``(episodes, 3, 256)``: values in [0, 1], each ``(episodes, 3, 1, 1)``,
+    ``count`` = frames sampled (notes §1.4, §4.3). Exact in float64 (no uint8 arithmetic);
+    quantiles from the §4.1 histogram over pixel levels."""
+    counts = np.asarray(level_counts, np.float64)
+    episodes, channels, n_levels = counts.shape
+    levels = np.arange(n_levels, dtype=np.float64)
+    total = counts.sum(axis=2)
+    mean = (counts * levels).sum(axis=2) / total
+    var = (counts * (levels - mean[..., None]) ** 2).sum(axis=2) / total
+    present = counts > 0
+    lo = np.argmax(present, axis=2).astype(np.float64)
+    hi = (n_levels - 1 - np.argmax(present[..., ::-1], axis=2)).astype(np.float64)
+    cum = np.cumsum(counts, axis=2).reshape(-1, n_levels)  # lanes = (episode, channel)
+
+    def order_statistic(lane: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        return (cum[lane] < rank[:, None]).sum(axis=1).astype(np.float64)
+
+    def count_below(lane: np.ndarray, v: np.ndarray, _guess: np.ndarray) -> np.ndarray:
+        top = np.ceil(v).astype(np.int64) - 1  # levels < v are those <= ceil(v) - 1
+        return np.where(top < 0, 0.0, cum[lane, np.clip(top, 0, n_levels - 1)])
+
+    quantiles = lerobot_quantiles_many(total.ravel(), lo.ravel(), hi.ravel(), order_statistic, count_below)
+    quantiles = np.where(total.ravel() >= 2, quantiles, mean.ravel()).reshape(len(QUANTILES), episodes, channels)
     scale = float(n_levels - 1)  # 255: LeRobot divides uint8 stats by it
-    shape = (channels, 1, 1)
+    shape = (episodes, channels, 1, 1)
     out = {
         "min": (lo / scale).reshape(shape),
         "max": (hi / scale).reshape(shape),
         "mean": (mean / scale).reshape(shape),
         "std": (np.sqrt(np.maximum(var, 0.0)) / scale).reshape(shape),
-        "count": np.array([frames], np.int64),
+        "count": np.asarray(frames, np.int64).reshape(-1, 1),
     }
     for key, q in zip(QUANTILE_KEYS, quantiles):
         out[key] = (q / scale).reshape(shape)
     return out
 
 
+def pixel_stats(level_counts: np.ndarray, frames: int) -> dict[str, np.ndarray]:
+    """:func:`pixel_stats_many` of one episode: shapes (3, 1, 1), ``count`` (1,)."""
+    return {k: v[0] for k, v in pixel_stats_many(np.asarray(level_counts)[None], np.array([frames])).items()}
+
+
 # --- value bins: mergeable, exact-membership histograms for the dataset's quantiles
 
 
-def grid_exponent(value_range: float, magnitude: float) -> int:
+def grid_exponent(value_range, magnitude):
     """``k`` of the power-of-two grid (bins ``[i·2^k, (i+1)·2^k)``) for values spanning
     ``value_range`` with largest absolute value ``magnitude``: the largest ``2^k`` that is at most
     one histogram bin (``value_range / HISTOGRAM_BINS``), but never finer than float64 can index
-    exactly (``magnitude / 2^k < 2^52``). Monotonic in both arguments, so an episode's grid is
-    never coarser than the dataset's and its bins nest inside the dataset's bins."""
-    _, e = np.frexp(value_range / HISTOGRAM_BINS)
-    _, e_mag = np.frexp(magnitude)
-    return max(int(e) - 1, int(e_mag) - _FLOAT64_MANTISSA_BITS)
+    exactly (``magnitude / 2^k < 2^52``). Monotonic in both arguments, so a group's grid is
+    never coarser than the dataset's and its bins nest inside the dataset's bins. Works on
+    scalars (returns an int) and arrays."""
+    _, e = np.frexp(np.asarray(value_range, np.float64) / HISTOGRAM_BINS)
+    _, e_mag = np.frexp(np.asarray(magnitude, np.float64))
+    k = np.maximum(e.astype(np.int64) - 1, e_mag.astype(np.int64) - _FLOAT64_MANTISSA_BITS)
+    return int(k) if k.ndim == 0 else k
 
 
 def value_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(count, smallest, largest)`` per non-empty grid bin of one dimension's values."""
-    x = np.sort(np.asarray(values, np.float64))
-    lo, hi = x[0], x[-1]
-    if hi == lo:
-        return np.array([len(x)], np.int64), x[:1], x[:1]
-    k = grid_exponent(hi - lo, max(abs(lo), abs(hi)))
-    idx = np.floor(np.ldexp(x, -k))
-    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    return (ends - starts).astype(np.int64), x[starts], x[ends - 1]
+    bins = GridBins()
+    bins.add(np.asarray(values, np.float64)[None, :])
+    count, vmin, vmax, _ = bins.bins()
+    return count, vmin, vmax
 
 
-def _bins_record(per_dim: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    dims = np.concatenate([np.full(len(c), d, np.int32) for d, (c, _, _) in enumerate(per_dim)])
-    return {
-        "dim": dims,
-        "count": np.concatenate([c for c, _, _ in per_dim]),
-        "vmin": np.concatenate([v for _, v, _ in per_dim]),
-        "vmax": np.concatenate([v for _, _, v in per_dim]),
-    }
+class GridBins:
+    """Value bins of several dimensions, each on the power-of-two grid of its own range
+    (:func:`grid_exponent`; one bin while it is constant), filled chunk by chunk.
 
+    Dense per dimension (at most ~10^4 bins each). When a chunk widens a dimension's range
+    the bins are laid out anew and the old ones moved into the (coarser or equal) new ones,
+    which contain them; so the result equals binning all values at once on the final grid."""
 
-def numeric_bins(values: np.ndarray) -> dict[str, np.ndarray]:
-    return _bins_record([value_bins(values[:, d]) for d in range(values.shape[1])])
+    def __init__(self):
+        self.lo: np.ndarray | None = None
 
+    def _layout(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.lo, self.hi = lo, hi
+        self.k = np.where(hi > lo, grid_exponent(hi - lo, np.maximum(np.abs(lo), np.abs(hi))), 0)
+        self.base = np.floor(np.ldexp(lo, -self.k))
+        size = (np.floor(np.ldexp(hi, -self.k)) - self.base).astype(np.int64) + 1
+        self.first = np.concatenate([[0], np.cumsum(size)])
+        self.count = np.zeros(self.first[-1], np.int64)
+        self.vmin = np.full(self.first[-1], np.inf)
+        self.vmax = np.full(self.first[-1], -np.inf)
 
-def pixel_bins(level_counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Pixel levels are exact values: one point bin per level present, in [0, 1]."""
-    scale = float(level_counts.shape[1] - 1)
-    per_dim = []
-    for c in level_counts:
-        present = np.flatnonzero(c)
-        v = present / scale
-        per_dim.append((c[present].astype(np.int64), v, v))
-    return _bins_record(per_dim)
+    def _cells(self, values: np.ndarray, dim: np.ndarray) -> np.ndarray:
+        """Flat bin index of each value; ``dim`` (broadcast against ``values``) its dimension."""
+        k = self.k[dim]
+        # x·2^-k rounds exactly as ldexp(x, -k) (one correctly rounded operation), ~5x faster
+        cell = values * np.ldexp(1.0, -k) if np.abs(self.k).max() < 1000 else np.ldexp(values, -k)
+        np.floor(cell, out=cell)
+        cell -= self.base[dim] - self.first[:-1][dim]
+        return cell.astype(np.intp)
+
+    def add(self, values: np.ndarray) -> None:
+        """Add ``values`` shaped (dimensions, n)."""
+        lo, hi = values.min(axis=1), values.max(axis=1)
+        if self.lo is None:
+            self._layout(lo, hi)
+        elif (lo < self.lo).any() or (hi > self.hi).any():
+            count, vmin, vmax, offsets = self.bins()
+            self._layout(np.minimum(lo, self.lo), np.maximum(hi, self.hi))
+            cell = self._cells(vmin, np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)))
+            np.add.at(self.count, cell, count)
+            np.minimum.at(self.vmin, cell, vmin)
+            np.maximum.at(self.vmax, cell, vmax)
+        cell = self._cells(values, np.arange(len(values))[:, None]).reshape(-1)
+        flat = values.reshape(-1)
+        self.count += np.bincount(cell, minlength=len(self.count))
+        np.minimum.at(self.vmin, cell, flat)
+        np.maximum.at(self.vmax, cell, flat)
+
+    def bins(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(count, smallest, largest, offsets)`` of the non-empty bins, dimension d's at
+        ``offsets[d]:offsets[d + 1]``."""
+        filled = self.count > 0
+        offsets = np.concatenate([[0], np.cumsum(np.add.reduceat(filled, self.first[:-1]))])
+        return self.count[filled], self.vmin[filled], self.vmax[filled], offsets
 
 
 class MergedBins:
-    """One dimension's value bins merged over episodes on the dataset's grid.
+    """One dimension's value bins merged over groups on the dataset's grid.
 
     Every bin keeps its count and its exact smallest and largest value; an order statistic is
     read by spreading a bin's values evenly between those two. Both the estimate and the true
@@ -397,8 +603,8 @@ class MergedBins:
         if self.hi > self.lo:
             i = (np.floor(np.ldexp(vmin, -self.k)) - self.base).astype(np.int64)
             j = (np.floor(np.ldexp(vmax, -self.k)) - self.base).astype(np.int64)
-            if not np.array_equal(i, j) or i.min() < 0 or i.max() >= len(self.count):
-                raise OutputError("per-episode value bins do not nest in the dataset grid (stale stats cache?)")
+            if len(i) and (not np.array_equal(i, j) or i.min() < 0 or i.max() >= len(self.count)):
+                raise OutputError("value bins do not nest in the dataset grid (stale stats cache?)")
         else:
             i = np.zeros(len(count), np.int64)
         np.add.at(self.count, i, count)
@@ -440,102 +646,358 @@ def _config_key(rec: Recording, kinds: dict[str, str]) -> str:
         "algorithm": STATS_ALGORITHM, "bins": HISTOGRAM_BINS, "quantiles": list(QUANTILES), "fps": rec.fps,
         "features": [[n, k, rec.features[n].dtype, list(rec.features[n].shape)] for n, k in kinds.items()],
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return _digest(spec)
 
 
-def episode_stats_and_bins(rec: Recording, position: int, kinds: dict[str, str]) -> tuple[dict, dict]:
-    """One episode's stats ``{feature: {stat: array}}`` and value bins ``{feature: record}``."""
-    from dorobot_assets.lib.camera_stats import sampled_level_counts
-
-    ep = rec.episodes[position]
-    if ep.length == 0:
-        raise RecordingError(
-            "empty_episode", ep.data_path,
-            f"episode {ep.index} has no rows: statistics are undefined; use stats mode 'copy'",
-        )
-    numeric = [name for name, kind in kinds.items() if kind == NUMERIC]
-    table = read_episode_data(rec, position, numeric) if numeric else None
-    stats: dict[str, dict[str, np.ndarray]] = {}
-    bins: dict[str, dict[str, np.ndarray]] = {}
-    for name, kind in kinds.items():
-        if kind == NUMERIC:
-            shape = rec.features[name].shape
-            values = column_matrix(table.column(name), shape, ep.data_path, name)
-            stats[name] = numeric_stats(values, shape)
-            bins[name] = numeric_bins(values)
-        else:
-            sample = sampled_level_counts(ep.video_paths[name], ep.length)
-            stats[name] = pixel_stats(sample.level_counts, sample.frames)
-            bins[name] = pixel_bins(sample.level_counts)
-    return stats, bins
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _save_episode(path: Path, stats: dict, bins: dict) -> None:
-    arrays = {f"stats/{f}/{s}": v for f, fs in stats.items() for s, v in fs.items()}
-    arrays.update({f"bins/{f}/{k}": v for f, rec in bins.items() for k, v in rec.items()})
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
 
-def _load_episode_stats(path: Path, kinds: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
-    with np.load(path) as z:
-        return {f: {s: z[f"stats/{f}/{s}"] for s in ALL_STAT_KEYS} for f in kinds}
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """Every array of a cache file, or None when it is missing or unreadable (then recomputed)."""
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
 
 
-def compute_episode_stats(rec: Recording, work_dir: Path) -> tuple[pa.Table, dict]:
+class EpisodeStatsArrays:
+    """Every episode's stats: one array per (feature, stat) with a leading episode axis, in
+    feature order (info.json) and stat order (ALL_STAT_KEYS). Small: ~230 numbers per episode."""
+
+    def __init__(self, features: list[str], episodes: int):
+        self.features = features
+        self.episodes = episodes
+        self.arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def put(self, feature: str, rows: np.ndarray | slice, stats: dict[str, np.ndarray]) -> None:
+        for stat, values in stats.items():
+            key = (feature, stat)
+            held = self.arrays.get(key)
+            if held is None:
+                held = self.arrays[key] = np.zeros((self.episodes,) + values.shape[1:], values.dtype)
+            elif np.result_type(held, values) != held.dtype:
+                held = self.arrays[key] = held.astype(np.result_type(held, values))
+            held[rows] = values
+
+    def rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {f"stats/{f}/{s}": a[rows] for (f, s), a in self.arrays.items()}
+
+    def table(self, episode_indices: list[int]) -> pa.Table:
+        """The ``episode_index`` + ``stats/<feature>/<stat>`` table (as :func:`stats_table`)."""
+        columns: dict[str, pa.Array] = {"episode_index": int64_array(episode_indices)}
+        for feature in self.features:
+            for stat in ALL_STAT_KEYS:
+                values = self.arrays[(feature, stat)]
+                integral = values.dtype.kind in "iub"
+                columns[stats_column(feature, stat)] = nested_list_array(values, pa.int64() if integral else pa.float64())
+        return pa.table(columns)
+
+
+def numeric_chunks(lengths: list[int], dims: int, first: int = 0) -> list[range]:
+    """Consecutive episodes (positions from ``first``) read and computed together: up to
+    NUMERIC_CHUNK_VALUES values each."""
+    chunks, start, values = [], 0, 0
+    for position, length in enumerate(lengths):
+        if position > start and values + length * dims > NUMERIC_CHUNK_VALUES:
+            chunks.append(range(first + start, first + position))
+            start, values = position, 0
+        values += length * dims
+    if lengths:
+        chunks.append(range(first + start, first + len(lengths)))
+    return chunks
+
+
+def _chunk_matrices(rec: Recording, positions: range, tables: list[pa.Table], numeric: list[str]) -> list[np.ndarray]:
+    """Each numeric column of consecutive episodes as one ``(rows, width)`` matrix."""
+    try:
+        table = pa.concat_tables(tables)
+        return [column_matrix(table.column(f), rec.features[f].shape, rec.episodes[positions[0]].data_path, f)
+                for f in numeric]
+    except (pa.ArrowInvalid, RecordingError):
+        pass  # differing schemas, or a fault to be named with its own file and row: one by one
+    per_episode = [
+        [column_matrix(t.column(f), rec.features[f].shape, rec.episodes[p].data_path, f) for f in numeric]
+        for p, t in zip(positions, tables)
+    ]
+    return [np.concatenate([m[i] for m in per_episode]) for i in range(len(numeric))]
+
+
+def _read_chunks(rec: Recording, chunks: list[range], numeric: list[str]) -> Iterator[tuple[range, list[pa.Table]]]:
+    """Each chunk's episode tables (numeric columns), the next chunk read ahead by threads."""
+    if not chunks:
+        return
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="episode-stats-read") as pool:
+        def submit(chunk: range) -> list:
+            return [pool.submit(read_episode_data, rec, p, numeric) for p in chunk]
+
+        ahead = submit(chunks[0])
+        for i, chunk in enumerate(chunks):
+            current, ahead = ahead, (submit(chunks[i + 1]) if i + 1 < len(chunks) else [])
+            yield chunk, [f.result() for f in current]
+
+
+class _CameraBlocks:
+    """Camera results (pixel-level counts per episode and camera) gathered per block of
+    CAMERA_BLOCK_EPISODES positions and kept in ``camera-<block>-<members>.npz``: an episode whose
+    fingerprint did not change reuses its counts from there. Results arrive in job order; a block
+    is written as soon as it is complete, so memory holds about one block."""
+
+    def __init__(self, cache: Path, config: str, cameras: list[str], keys: list[tuple[int, str]],
+                 computed: np.ndarray, old: dict[tuple[int, str], tuple[Path, int]], store: EpisodeStatsArrays):
+        self.cache, self.config, self.cameras, self.keys = cache, config, cameras, keys
+        self.computed, self.old, self.store = computed, old, store
+        blocks = -(-len(keys) // CAMERA_BLOCK_EPISODES)
+        self.expected = [int(computed[self._members(b)].sum()) * len(cameras) for b in range(blocks)]
+        self.received = [0] * blocks
+        self.levels: dict[int, np.ndarray] = {}  # block -> (members, cameras, 3, 256) counts
+        self.frames: dict[int, np.ndarray] = {}  # block -> (members, cameras) frames sampled
+        self.totals = np.zeros((len(cameras), 3, 256), np.int64)
+        self.files: list[str] = []
+        self.frames_decoded = 0
+        self.frames_sampled = 0
+        self._next = 0
+
+    def _members(self, b: int) -> slice:
+        return slice(b * CAMERA_BLOCK_EPISODES, min((b + 1) * CAMERA_BLOCK_EPISODES, len(self.keys)))
+
+    def add(self, position: int, camera: int, sample) -> None:
+        b, row = divmod(position, CAMERA_BLOCK_EPISODES)
+        if b not in self.levels:
+            size = len(range(len(self.keys))[self._members(b)])
+            self.levels[b] = np.zeros((size, len(self.cameras), 3, 256), np.uint32)
+            self.frames[b] = np.zeros((size, len(self.cameras)), np.int64)
+        self.levels[b][row, camera] = sample.level_counts
+        self.frames[b][row, camera] = sample.frames
+        self.received[b] += 1
+        self.frames_decoded += sample.decode.decoded
+        self.frames_sampled += sample.frames
+        self.advance()
+
+    def advance(self) -> None:
+        """Write every block whose results are all in (in order)."""
+        while self._next < len(self.expected) and self.received[self._next] == self.expected[self._next]:
+            self._finish(self._next)
+            self._next += 1
+
+    def _finish(self, b: int) -> None:
+        members = self._members(b)
+        positions = np.arange(len(self.keys))[members]
+        keys = self.keys[members]
+        fresh = self.computed[members]
+        name = f"camera-{b:05d}-{_digest([self.config, keys])}.npz"
+        path = self.cache / name
+        stored = None if fresh.any() else _load_npz(path)
+        if stored is not None:  # nothing changed in this block
+            block_total = np.stack([stored[f"total/{c}"] for c in self.cameras])
+        else:
+            levels = self.levels.pop(b, None)
+            frames = self.frames.pop(b, None)
+            if levels is None:
+                levels = np.zeros((len(keys), len(self.cameras), 3, 256), np.uint32)
+            for row in np.flatnonzero(~fresh):
+                old_path, old_row = self.old[keys[row]]
+                with np.load(old_path) as z:
+                    for c, camera in enumerate(self.cameras):
+                        levels[row, c] = z[f"levels/{camera}"][old_row]
+            rows = np.flatnonzero(fresh)
+            if len(rows):
+                for c, camera in enumerate(self.cameras):
+                    self.store.put(camera, positions[rows], pixel_stats_many(levels[rows, c], frames[rows, c]))
+            block_total = levels.sum(axis=0, dtype=np.int64)
+            arrays = {"episode_index": np.array([k[0] for k in keys], np.int64),
+                      "fingerprint": np.array([k[1] for k in keys])}
+            for c, camera in enumerate(self.cameras):
+                arrays[f"levels/{camera}"] = levels[:, c]
+                arrays[f"total/{camera}"] = block_total[c]
+            _save_npz(path, arrays)
+        self.totals += block_total
+        self.files.append(name)
+
+    def finish(self) -> None:
+        self.advance()
+        if self._next != len(self.expected):
+            raise OutputError("camera statistics are missing results (internal error)")
+
+
+def _reusable_camera_levels(cache: Path, cameras: list[str]) -> dict[tuple[int, str], tuple[Path, int]]:
+    """(episode index, fingerprint) -> (camera cache file, row) for counts kept by earlier runs."""
+    found: dict[tuple[int, str], tuple[Path, int]] = {}
+    for path in sorted(cache.glob("camera-*.npz")):
+        try:
+            with np.load(path) as z:
+                if not all(f"levels/{c}" in z.files for c in cameras):
+                    continue
+                for row, key in enumerate(zip(z["episode_index"].tolist(), z["fingerprint"].tolist())):
+                    found[key] = (path, row)
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            continue  # unreadable: its episodes are computed again
+    return found
+
+
+def _release_freed_memory() -> None:
+    """Give the memory freed by the computation back to the system: pyarrow's pool and glibc's
+    heap keep freed pages for reuse, and the steps that run after this one in the same process
+    would otherwise start that much higher (measured ~20 MiB)."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def _camera_counting(rec: Recording, cameras: list[str], computed: np.ndarray, threads: int):
+    """The level counting of every camera of the episodes to compute, started now (helpers
+    begin at once), or a null context without cameras (then PyAV is not even imported)."""
+    if not cameras:
+        return contextlib.nullcontext()
+    from dorobot_assets.lib.camera_stats import LevelCounting, level_job
+
+    jobs = [
+        level_job(rec.episodes[p].video_paths[camera], rec.episodes[p].length, position=p, camera=c)
+        for p in np.flatnonzero(computed).tolist() for c, camera in enumerate(cameras)
+    ]
+    return LevelCounting(jobs, threads)
+
+
+def compute_episode_stats(rec: Recording, work_dir: Path, *, workers: int | None = None) -> tuple[pa.Table, dict]:
     """Recomputed per-episode stats as a ``stats/<feature>/<stat>`` table, and run facts.
 
-    Each episode's result (stats and value bins) is kept under ``work_dir/episode_stats``, named
-    by its source fingerprint (path, size and mtime of its data, video and audio files) and the
-    stats configuration, and reused while both are unchanged: a recording that gained episodes
-    computes only the new ones. Memory holds one episode (and one decoded frame) at a time."""
+    Cameras' sampled frames are decoded and counted on ``workers`` threads (default: one per
+    core) in helper processes, which start first and run while this process does the numeric
+    columns: read a chunk of episodes at a time (the next chunk read ahead by threads), every
+    column and episode of a chunk computed at once. ``workers=1`` decodes in this process.
+
+    Results are kept under ``work_dir/episode_stats``: every episode's stats keyed by its
+    source fingerprint (path, size and mtime of its data, video and audio files) and the stats
+    configuration, its cameras' pixel-level counts, and the value bins of each group of
+    NUMERIC_GROUP_EPISODES episodes keyed by its members. A recording that gained episodes
+    computes only the new ones; a changed episode only itself (the data of its group is read
+    again for the bins). Memory holds a chunk of numeric values and a block of camera counts,
+    never the recording."""
     kinds = stats_features(rec)
+    numeric = [f for f, k in kinds.items() if k == NUMERIC]
+    cameras = [f for f, k in kinds.items() if k == CAMERA]
+    for ep in rec.episodes:
+        if ep.length == 0:
+            raise RecordingError(
+                "empty_episode", ep.data_path,
+                f"episode {ep.index} has no rows: statistics are undefined; use stats mode 'copy'",
+            )
     cache = Path(work_dir) / STATS_CACHE_DIR
+    cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(cache)
     config = _config_key(rec, kinds)
-    names: list[str] = []
-    per_episode: list[dict] = []
-    computed: list[int] = []
-    for position, ep in enumerate(rec.episodes):
-        name = f"episode_{ep.index:06d}-{rec.episode_fingerprint(position)}-{config}.npz"
-        path = cache / name
-        stats = None
-        if path.exists():
-            try:
-                stats = _load_episode_stats(path, kinds)
-            except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-                stats = None  # unreadable cache entry: recompute it
-        if stats is None:
-            stats, bins = episode_stats_and_bins(rec, position, kinds)
-            _save_episode(path, stats, bins)
-            computed.append(ep.index)
-        names.append(name)
-        per_episode.append(stats)
-    keep = set(names)
+    keys = [(ep.index, rec.episode_fingerprint(p)) for p, ep in enumerate(rec.episodes)]
+    lengths = np.array([ep.length for ep in rec.episodes], np.int64)
+    store = EpisodeStatsArrays(list(kinds), len(keys))
+    computed = np.ones(len(keys), bool)
+    episodes_name = f"episodes-{config}.npz"
+    previous = _load_npz(cache / episodes_name)
+    old_levels = _reusable_camera_levels(cache, cameras) if cameras and previous is not None else {}
+    if previous is not None and all(f"stats/{f}/{s}" in previous for f in kinds for s in ALL_STAT_KEYS):
+        row_of = {key: r for r, key in enumerate(zip(previous["episode_index"].tolist(),
+                                                      previous["fingerprint"].tolist()))}
+        reused = [(p, row_of[key]) for p, key in enumerate(keys)
+                  if key in row_of and (not cameras or key in old_levels)]
+        if reused:
+            positions, rows = (np.array(x) for x in zip(*reused))
+            computed[positions] = False
+            for f in kinds:
+                store.put(f, positions, {s: previous[f"stats/{f}/{s}"][rows] for s in ALL_STAT_KEYS})
+    del previous
+
+    shapes = [rec.features[f].shape for f in numeric]
+    dims = int(sum(np.prod(_stat_shape(s)) for s in shapes))
+    groups = [range(g, min(g + NUMERIC_GROUP_EPISODES, len(keys))) for g in range(0, len(keys), NUMERIC_GROUP_EPISODES)]
+    numeric_files = [f"numeric-{_digest([config, keys[g.start:g.stop]])}.npz" for g in groups] if numeric else []
+    chunks: list[range] = []  # of the groups whose bins must be made (again)
+    group_end: dict[int, str] = {}  # last position of such a group -> its file
+    for g, name in zip(groups, numeric_files):
+        if computed[g.start:g.stop].any() or not (cache / name).exists():
+            chunks += numeric_chunks(lengths[g.start:g.stop].tolist(), dims, g.start)
+            group_end[g.stop - 1] = name
+
+    camera_blocks = _CameraBlocks(cache, config, cameras, keys, computed, old_levels, store) if cameras else None
+    with _camera_counting(rec, cameras, computed, workers or DEFAULT_STATS_WORKERS) as counting:
+
+        def take_camera_results(wait: bool) -> None:
+            if counting is not None:
+                for job, sample in counting.outcomes(wait):
+                    camera_blocks.add(job.position, job.camera, sample)
+
+        bins = GridBins()
+        for chunk, tables in _read_chunks(rec, chunks, numeric):
+            matrices = _chunk_matrices(rec, chunk, tables, numeric)
+            del tables
+            stats, values = segment_stats(matrices, shapes, lengths[chunk.start:chunk.stop])
+            del matrices
+            fresh = computed[chunk.start:chunk.stop]
+            for f, feature_stats in zip(numeric, stats):
+                store.put(f, np.arange(chunk.start, chunk.stop)[fresh], {k: v[fresh] for k, v in feature_stats.items()})
+            bins.add(values)
+            del values
+            if chunk.stop - 1 in group_end:
+                count, vmin, vmax, offsets = bins.bins()
+                _save_npz(cache / group_end[chunk.stop - 1], {"count": count, "vmin": vmin, "vmax": vmax, "offsets": offsets})
+                bins = GridBins()
+            take_camera_results(wait=False)
+        take_camera_results(wait=True)
+        helpers = counting.helper_processes if counting is not None else 0
+    if camera_blocks is not None:
+        camera_blocks.finish()
+
+    _save_npz(cache / episodes_name, {
+        "episode_index": np.array([k[0] for k in keys], np.int64),
+        "fingerprint": np.array([k[1] for k in keys]),
+        **store.rows(slice(None)),
+    })
+    extent = {
+        "numeric_min": np.concatenate([store.arrays[(f, "min")].astype(np.float64).min(axis=0).ravel()
+                                       for f in numeric]).tolist() if numeric else [],
+        "numeric_max": np.concatenate([store.arrays[(f, "max")].astype(np.float64).max(axis=0).ravel()
+                                       for f in numeric]).tolist() if numeric else [],
+    }
+    index = {
+        "config": config,
+        "features": {f: {"kind": k, "shape": list(store.arrays[(f, "mean")].shape[1:])} for f, k in kinds.items()},
+        "episodes_file": episodes_name,
+        "numeric_files": numeric_files,
+        **extent,
+        "camera_files": camera_blocks.files if camera_blocks else [],
+        "camera_levels": {c: camera_blocks.totals[i].tolist() for i, c in enumerate(cameras)} if cameras else {},
+    }
+    keep = {episodes_name, *numeric_files, *index["camera_files"]}
     for old in cache.glob("*.npz"):
         if old.name not in keep:
             old.unlink(missing_ok=True)
-    remove_stale_temp_files(cache)
-    index = {
-        "features": {
-            f: {"kind": k, "shape": list(per_episode[0][f]["mean"].shape)} for f, k in kinds.items()
-        },
-        "episodes": names,
-    }
     write_json_atomic(cache / STATS_INDEX_FILE, index, indent=1)
-    table = stats_table([e.index for e in rec.episodes], per_episode)
+    table = store.table([k[0] for k in keys])
+    new = np.flatnonzero(computed)
     extra = {
-        "episodes_computed": len(computed),
-        "episodes_reused": len(rec.episodes) - len(computed),
-        "computed_episodes": computed,
+        "episodes_computed": int(len(new)),
+        "episodes_reused": int(len(keys) - len(new)),
+        "computed_episodes": [keys[p][0] for p in new.tolist()],
+        "numeric_groups_read": len(group_end),
+        "frames_decoded": camera_blocks.frames_decoded if camera_blocks else 0,
+        "frames_sampled": camera_blocks.frames_sampled if camera_blocks else 0,
+        "stats_helper_processes": helpers,
     }
+    _release_freed_memory()
     return table, extra
 
 
 def dataset_quantiles(work_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     """The dataset's q01..q99 per feature and dimension, ``{feature: {"q01": array, ...}}`` shaped
-    like the feature's ``mean``, from the per-episode value bins of the last
-    :func:`compute_episode_stats` (two passes over the cache files, no data re-read).
+    like the feature's ``mean``, from the value bins of the last :func:`compute_episode_stats`
+    (one pass over the numeric groups' files, no data re-read).
 
     Error bound: each quantile is within one histogram bin of the exact linear-interpolation
     quantile (numpy's default, DuckDB's ``quantile_cont``) over all frames, i.e.
@@ -548,29 +1010,33 @@ def dataset_quantiles(work_dir: Path) -> dict[str, dict[str, np.ndarray]]:
         raise OutputError(f"{index_path}: no per-episode stats; materialize episode_stats in recompute mode")
     index = json.loads(index_path.read_text())
     features = index["features"]
-    files = [cache / name for name in index["episodes"]]
-    lo = {f: None for f in features}
-    hi = {f: None for f in features}
-    for path in files:
-        with np.load(path) as z:
-            for f in features:
-                mn = z[f"stats/{f}/min"].astype(np.float64).ravel()
-                mx = z[f"stats/{f}/max"].astype(np.float64).ravel()
-                lo[f] = mn if lo[f] is None else np.minimum(lo[f], mn)
-                hi[f] = mx if hi[f] is None else np.maximum(hi[f], mx)
-    merged = {f: [MergedBins(a, b) for a, b in zip(lo[f], hi[f])] for f in features}
-    for path in files:
-        with np.load(path) as z:
-            for f, dims in merged.items():
-                dim = z[f"bins/{f}/dim"]
-                count, vmin, vmax = z[f"bins/{f}/count"], z[f"bins/{f}/vmin"], z[f"bins/{f}/vmax"]
-                order = np.argsort(dim, kind="stable")
-                splits = np.searchsorted(dim[order], np.arange(1, len(dims)))
-                for d, sel in enumerate(np.split(order, splits)):
-                    dims[d].add(count[sel], vmin[sel], vmax[sel])
+    numeric = [f for f, spec in features.items() if spec["kind"] == NUMERIC]
+    merged = [MergedBins(a, b) for a, b in zip(index["numeric_min"], index["numeric_max"])]
+    for name in index["numeric_files"]:
+        bins = _load_npz(cache / name)
+        if bins is None:
+            raise OutputError(f"{cache / name}: value bins are missing or unreadable; materialize episode_stats again")
+        offsets = bins["offsets"]
+        for d, dim in enumerate(merged):
+            part = slice(int(offsets[d]), int(offsets[d + 1]))
+            dim.add(bins["count"][part], bins["vmin"][part], bins["vmax"][part])
+    numeric_q = np.stack([m.quantiles() for m in merged], axis=1) if merged else np.zeros((len(QUANTILES), 0))
     out: dict[str, dict[str, np.ndarray]] = {}
-    for f, dims in merged.items():
-        q = np.stack([m.quantiles() for m in dims], axis=1)  # (quantile, dim)
-        shape = tuple(features[f]["shape"])
+    d = 0
+    for f, spec in features.items():
+        shape = tuple(spec["shape"])
+        if f in numeric:
+            width = int(np.prod(shape))
+            q = numeric_q[:, d:d + width]
+            d += width
+        else:
+            channels = []
+            for counts in np.asarray(index["camera_levels"][f], np.int64):
+                present = np.flatnonzero(counts)
+                level = present / float(len(counts) - 1)  # in [0, 1], as the camera stats
+                dim = MergedBins(level[0], level[-1])
+                dim.add(counts[present], level, level)
+                channels.append(dim.quantiles())
+            q = np.stack(channels, axis=1)
         out[f] = {key: q[j].reshape(shape) for j, key in enumerate(QUANTILE_KEYS)}
     return out

@@ -1,7 +1,8 @@
 """Checks of recomputed statistics (issue: statistics), registered with lib/validate.py.
 
 - ``stats_quantiles_exact`` (error): every numeric feature's q01..q99 in meta/stats.json is within
-  one histogram bin of DuckDB's exact ``quantile_cont`` over the data files.
+  one histogram bin of DuckDB's exact ``quantile_cont`` over the data files. Decided from
+  streaming counts (how many values lie below each bound), not by sorting every value.
 - ``stats_match_source`` (warning): where the source recording has v2.1 per-episode stats, the
   recomputed min/max/mean/std agree with them; differences point at corrupted or hand-edited
   recordings, so the episodes and features are named.
@@ -10,10 +11,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 
+from dorobot_assets.lib.arrow import column_numpy
 from dorobot_assets.lib.stats import HISTOGRAM_BINS
 from dorobot_assets.lib.v21 import EPISODES_STATS_FILE, NUMERIC_DTYPES
 from dorobot_assets.lib.v30 import QUANTILE_KEYS, QUANTILES, STATS_PATH
@@ -57,6 +62,109 @@ def _width(spec: dict) -> int:
     return int(np.prod([int(s) for s in shape]))
 
 
+def _quantile_position(n: int, q: float) -> tuple[int, float]:
+    """DuckDB's quantile_cont position: the value at ``r + f`` in the sorted values (0-based),
+    ``x[r] + f·(x[r+1] − x[r])``."""
+    rn = (n - 1) * q
+    r = math.floor(rn)
+    return r, (rn - r if r + 1 < n else 0.0)
+
+
+def _scan(con, values: list[str], aggregates: list[str], params: list[float]) -> tuple:
+    """One pass over the data files: ``aggregates`` over the columns ``v0, v1, ...`` = ``values``."""
+    columns = ", ".join(f"{v} AS v{i}" for i, v in enumerate(values))
+    return con.execute(f"SELECT {', '.join(aggregates)} FROM (SELECT {columns} FROM data_full)", params).fetchone()
+
+
+def _bounds_hold(con, values: list[str], targets: list[tuple[int, float, float, float]], extent: list[tuple]
+                 ) -> tuple[list[bool | None], list[tuple[float, float, int]]]:
+    """For each target ``(dimension, q, low, high)``: whether the exact quantile_cont lies in
+    [low, high], decided from counts of values below ``low`` and up to ``high`` (streaming
+    aggregates: no sort, memory independent of the data's size), or None where that needs the
+    two order statistics around it. Also each dimension's (min, max, count)."""
+    aggregates = [f"min(v{i}), max(v{i}), count(v{i})" for i in range(len(values))]
+    params: list[float] = []
+    for d, _q, low, high in targets:
+        aggregates += [f"count_if(v{d} < ?)", f"count_if(v{d} <= ?)"]
+        params += [low, high]
+    row = _scan(con, values, aggregates, params)
+    data_extent = [(row[3 * i], row[3 * i + 1], int(row[3 * i + 2])) for i in range(len(values))]
+    if [e[:2] for e in data_extent] != [e[:2] for e in extent]:
+        return [], data_extent  # the bounds came from another extent: the caller asks again
+    verdicts: list[bool | None] = []
+    for k, (d, quantile, _low, _high) in enumerate(targets):
+        below, upto = row[3 * len(values) + 2 * k], row[3 * len(values) + 2 * k + 1]
+        r, f = _quantile_position(data_extent[d][2], quantile)
+        last = r + (1 if f > 0 else 0)  # the highest order statistic the value depends on
+        if below > last or upto < r + 1:
+            verdicts.append(False)  # x[last] < low, or x[r] > high
+        elif below <= r and upto >= last + 1:
+            verdicts.append(True)  # low <= x[r] <= value <= x[last] <= high
+        else:
+            verdicts.append(None)  # low or high falls between x[r] and x[r+1]
+    return verdicts, data_extent
+
+
+def _settle(con, values: list[str], targets: list[tuple[int, float, float, float]], extent: list[tuple]
+            ) -> list[bool]:
+    """The exact quantile_cont of each target from the order statistics next to its bounds:
+    x[r] is the largest value below a bound and x[r+1] the smallest at or above it."""
+    aggregates, params = [], []
+    for d, _q, low, high in targets:
+        for bound in (low, high):
+            aggregates += [f"count_if(v{d} < ?)", f"max(CASE WHEN v{d} < ? THEN v{d} END)",
+                           f"min(CASE WHEN v{d} >= ? THEN v{d} END)"]
+            params += [bound, bound, bound]
+    row = _scan(con, values, aggregates, params)
+    out = []
+    for k, (d, quantile, low, high) in enumerate(targets):
+        r, f = _quantile_position(extent[d][2], quantile)
+        value = None
+        for b in range(2):
+            below, before, after = row[6 * k + 3 * b: 6 * k + 3 * b + 3]
+            if below == r + 1 and before is not None and after is not None:  # x[r] < bound <= x[r+1]
+                value = before + f * (after - before)
+        out.append(value is not None and low <= value <= high)
+    return out
+
+
+def _allowed(lo: float, hi: float) -> float:
+    """One histogram bin of a dimension spanning [lo, hi], plus float noise."""
+    return (hi - lo) / HISTOGRAM_BINS + _ULP_ALLOWANCE * max(abs(lo), abs(hi), 1.0)
+
+
+def _claimed(stats: dict, key: str, d: int) -> float:
+    """Element d of a stat in stats.json (NaN where it has fewer: then every bound fails)."""
+    values = np.ravel(np.asarray(stats[key], np.float64))
+    return float(values[d]) if d < len(values) else float("nan")
+
+
+def _feature_verdicts(con, values: list[str], claimed: dict[str, np.ndarray]) -> tuple[list[bool], list[tuple]]:
+    """Whether each (dimension, quantile) of ``values``, in that order, is within one bin of
+    the exact quantile_cont; and each dimension's (min, max, count) in the data. The bounds need
+    the extent: stats.json's min/max are tried first (one pass when they are right), the data's
+    are used when they differ; a third pass settles bounds that fall between two values."""
+
+    def targets(extent: list[tuple]) -> list[tuple[int, float, float, float]]:
+        out = []
+        for d, (lo, hi, _n) in enumerate(extent):
+            for key, quantile in zip(QUANTILE_KEYS, QUANTILES):
+                value, allowance = float(claimed[key][d]), _allowed(lo, hi)
+                out.append((d, quantile, value - allowance, value + allowance))
+        return out
+
+    extent = [(float(claimed["min"][d]), float(claimed["max"][d]), 0) for d in range(len(values))]
+    found, data_extent = _bounds_hold(con, values, targets(extent), extent)
+    if not found:
+        found, _ = _bounds_hold(con, values, targets(data_extent), data_extent)
+    pending = [k for k, v in enumerate(found) if v is None]
+    if pending:
+        every = targets(data_extent)
+        for k, v in zip(pending, _settle(con, values, [every[k] for k in pending], data_extent)):
+            found[k] = v
+    return [bool(v) for v in found], data_extent
+
+
 @check(
     "stats_quantiles_exact", asset="dataset_stats", severity=ERROR,
     description="Every numeric feature's q01..q99 in meta/stats.json is within one histogram bin "
@@ -78,31 +186,38 @@ def stats_quantiles_exact(view: DatasetView) -> CheckResult:
     offending: list[dict] = []
     compared = 0
     quantile_list = "[" + ", ".join(repr(float(x)) for x in QUANTILES) + "]"
+    # Dimensions of a vector feature get a pass over the data of their own, the scalar features
+    # share one: the reader buffers every column a pass reads, vectors are most of the data.
+    passes: list[list[tuple[str, int, str]]] = []
+    scalars: list[tuple[str, int, str]] = []
+    for name in features:
+        if name not in types:
+            offending.append({"feature": name, "dimension": None, "quantile": None,
+                              "stats_json": None, "exact": None, "allowed": "column absent from the data"})
+        elif types[name].endswith("]"):
+            passes.append([(name, d, f"CAST({q(name)}[{d + 1}] AS DOUBLE)") for d in range(_width(view.features[name]))])
+        else:
+            scalars.append((name, 0, f"CAST({q(name)} AS DOUBLE)"))
+    passes += [scalars] if scalars else []
     try:
-        for name in features:
-            if name not in types:
-                offending.append({"feature": name, "dimension": None, "quantile": None,
-                                  "stats_json": None, "exact": None, "allowed": "column absent from the data"})
-                continue
-            is_list = types[name].endswith("]")
-            width = _width(view.features[name])
-            parts = []
-            for d in range(width):
-                value = f"CAST({q(name)}[{d + 1}] AS DOUBLE)" if is_list else f"CAST({q(name)} AS DOUBLE)"
-                parts += [f"quantile_cont({value}, {quantile_list})", f"min({value})", f"max({value})"]
-            row = con.execute(f"SELECT {', '.join(parts)} FROM data_full").fetchone()
-            ours = {k: np.asarray(stats[name][k], np.float64).ravel() for k in QUANTILE_KEYS}
-            for d in range(width):
-                exact, lo, hi = row[3 * d], row[3 * d + 1], row[3 * d + 2]
-                allowed = (hi - lo) / HISTOGRAM_BINS + _ULP_ALLOWANCE * max(abs(lo), abs(hi), 1.0)
+        for dims in passes:
+            values = [v for _, _, v in dims]
+            claimed = {k: np.array([_claimed(stats[name], k, d) for name, d, _ in dims]) for k in ("min", "max", *QUANTILE_KEYS)}
+            verdicts, extent = _feature_verdicts(con, values, claimed)
+            compared += len(verdicts)
+            for i in sorted({k // len(QUANTILE_KEYS) for k, ok in enumerate(verdicts) if not ok}):
+                # the exact values, for the report (this one dimension's values are held)
+                (exact,) = con.execute(f"SELECT quantile_cont({values[i]}, {quantile_list}) FROM data_full").fetchone()
+                name, d, _ = dims[i]
                 for j, key in enumerate(QUANTILE_KEYS):
-                    compared += 1
-                    mine = float(ours[key][d]) if d < len(ours[key]) else float("nan")
-                    if not abs(mine - exact[j]) <= allowed:
+                    if not verdicts[i * len(QUANTILE_KEYS) + j]:
                         offending.append({"feature": name, "dimension": d, "quantile": key,
-                                          "stats_json": mine, "exact": exact[j], "allowed": allowed})
+                                          "stats_json": float(claimed[key][i]), "exact": exact[j],
+                                          "allowed": _allowed(*extent[i][:2])})
     finally:
         con.close()
+    offending.sort(key=lambda o: (features.index(o["feature"]), o["dimension"] or 0,
+                                  QUANTILE_KEYS.index(o["quantile"]) if o["quantile"] else -1))
     counts = {"features": len(features), "quantiles": compared, "offending": len(offending)}
     if offending:
         named = "; ".join(
@@ -115,53 +230,85 @@ def stats_quantiles_exact(view: DatasetView) -> CheckResult:
                   counts)
 
 
-def _source_stats(source: Path) -> dict[int, dict]:
-    stats: dict[int, dict] = {}
+SOURCE_BLOCK_EPISODES = 256  # source stats lines held as Python objects at once
+
+
+def _source_stats_blocks(source: Path) -> Iterator[list[tuple[int, dict]]]:
+    """The source's v2.1 per-episode stats as ``(episode_index, stats)``, a block of lines at a
+    time: parsed JSON is ~10x its numbers' size, so only a block of it is held."""
+    block: list[tuple[int, dict]] = []
     with open(source / EPISODES_STATS_FILE, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                stats[int(row["episode_index"])] = row["stats"]
-    return stats
+                block.append((int(row["episode_index"]), row["stats"]))
+                if len(block) == SOURCE_BLOCK_EPISODES:
+                    yield block
+                    block = []
+    if block:
+        yield block
 
 
-def _dataset_episode_stats(view: DatasetView) -> dict[int, dict[str, dict[str, object]]]:
+def _dataset_episode_stats(view: DatasetView) -> tuple[dict[int, int], dict[str, dict[str, np.ndarray]]]:
+    """Row of each episode index in meta/episodes, and the compared stats columns as
+    ``{feature: {stat: (episodes, values) float64}}`` (columns with nulls or ragged values are
+    left out: nothing sensible to compare)."""
     con = view.connect(episodes=True)
     try:
-        columns = episode_stats_columns(view, con)
-        if not columns:
-            return {}
-        cur = con.execute(f"SELECT episode_index, {', '.join(q(c) for c in columns)} FROM episodes ORDER BY ep_row")
-        out: dict[int, dict[str, dict[str, object]]] = {}
-        for row in cur.fetchall():
-            per_feature: dict[str, dict[str, object]] = {}
-            for (feature, stat), value in zip(columns.values(), row[1:]):
-                per_feature.setdefault(feature, {})[stat] = value
-            out[int(row[0])] = per_feature
-        return out
+        wanted = {"count", *NUMERIC_COMPARED, *CAMERA_COMPARED}
+        columns = {c: fs for c, fs in episode_stats_columns(view, con).items() if fs[1] in wanted}
+        select = ", ".join(["episode_index", *(q(c) for c in columns)])
+        table = con.sql(f"SELECT {select} FROM episodes ORDER BY ep_row").to_arrow_table()
     finally:
         con.close()
+    episodes = table.num_rows
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, (feature, stat) in columns.items():
+        arr = table.column(name).combine_chunks()
+        while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+            if arr.null_count:
+                break
+            arr = arr.flatten()
+        if arr.null_count or pa.types.is_nested(arr.type) or not episodes or len(arr) % episodes:
+            continue
+        values = column_numpy(arr).astype(np.float64).reshape(episodes, -1)
+        if len(values) and values.shape[1] * episodes == len(arr):
+            out.setdefault(feature, {})[stat] = values
+    rows = {int(e): r for r, e in enumerate(column_numpy(table.column("episode_index")))}
+    return rows, out
 
 
-def _compare(feature: str, is_camera: bool, src: dict, ours: dict) -> list[dict]:
-    found = []
-    if "count" in src and "count" in ours and int(np.ravel(src["count"])[0]) != int(np.ravel(ours["count"])[0]):
-        found.append({"stat": "count", "element": 0, "source": int(np.ravel(src["count"])[0]),
-                      "recomputed": int(np.ravel(ours["count"])[0])})
-    for stat in CAMERA_COMPARED if is_camera else NUMERIC_COMPARED:
-        if stat not in src or ours.get(stat) is None:
-            continue
-        a = np.asarray(src[stat], np.float64).ravel()
-        b = np.asarray(ours[stat], np.float64).ravel()
-        if a.shape != b.shape:
-            found.append({"stat": stat, "element": None, "source": f"shape {a.shape}", "recomputed": f"shape {b.shape}"})
-            continue
+def _differences(stat: str, is_camera: bool, src: list, ours: np.ndarray) -> list[tuple[int, dict]]:
+    """``(k, finding)`` for the k-th of ``src`` (v2.1 values) that differs from ``ours[k]``:
+    counts must be equal; min/max/mean/std within the tolerance, reporting the worst element."""
+    if stat == "count":
+        theirs = np.array([np.ravel(v)[0] for v in src], np.int64)
+        mine = ours[:, 0].astype(np.int64)
+        return [(int(k), {"stat": "count", "element": 0, "source": int(theirs[k]), "recomputed": int(mine[k])})
+                for k in np.flatnonzero(theirs != mine)]
+    try:
+        a = np.asarray(src, np.float64).reshape(len(src), -1)
+    except ValueError:  # ragged: some episode's value has another shape
+        a = None
+    if a is not None and a.shape[1:] == ours.shape[1:]:
+        same_shape, found = list(range(len(src))), []
+    else:
+        flat = [np.ravel(np.asarray(v, np.float64)) for v in src]
+        same_shape = [k for k, v in enumerate(flat) if v.shape == ours.shape[1:]]
+        found = [(k, {"stat": stat, "element": None, "source": f"shape {v.shape}", "recomputed": f"shape {ours.shape[1:]}"})
+                 for k, v in enumerate(flat) if v.shape != ours.shape[1:]]
+        a = np.stack([flat[k] for k in same_shape]) if same_shape else None
+    if same_shape:
+        b = ours[same_shape]
+        gap = np.abs(a - b)
         tol = CAMERA_ATOL if is_camera else NUMERIC_ATOL + NUMERIC_RTOL * np.maximum(np.abs(a), np.abs(b))
-        bad = np.flatnonzero(~(np.abs(a - b) <= tol))
-        if len(bad):
-            i = int(bad[np.argmax(np.abs(a - b)[bad])])  # the worst element
-            found.append({"stat": stat, "element": i, "source": float(a[i]), "recomputed": float(b[i])})
-    return [{"feature": feature, **f} for f in found]
+        bad = ~(gap <= tol)
+        for j in np.flatnonzero(bad.any(axis=1)):
+            elements = np.flatnonzero(bad[j])
+            i = int(elements[np.argmax(gap[j, elements])])  # the worst element
+            found.append((same_shape[j], {"stat": stat, "element": i, "source": float(a[j, i]),
+                                          "recomputed": float(b[j, i])}))
+    return found
 
 
 @check(
@@ -178,21 +325,26 @@ def stats_match_source(view: DatasetView) -> CheckResult:
         return not_applicable(f"the source has no {EPISODES_STATS_FILE} (v2.0): nothing to compare")
     if not view.has_episodes():
         return not_applicable("no meta/episodes to compare with")
-    source = _source_stats(Path(view.source))
-    ours = _dataset_episode_stats(view)
-    offending: list[dict] = []
+    rows, ours = _dataset_episode_stats(view)
+    order = {f: i for i, f in enumerate(ours)}
+    found: list[tuple[tuple[int, int, int], dict]] = []
     compared = 0
-    for episode, features in ours.items():
-        src_features = source.get(episode)
-        if src_features is None:
-            continue
-        for feature, stats in features.items():
-            if feature not in src_features:
-                continue
-            compared += 1
+    for block in _source_stats_blocks(Path(view.source)):
+        block = [(episode, stats) for episode, stats in block if episode in rows]
+        for feature, stats in ours.items():
+            present = [(episode, src[feature]) for episode, src in block if feature in src]
+            compared += len(present)
             is_camera = view.features.get(feature, {}).get("dtype") in ("video", "image")
-            offending += [{"episode_index": episode, **f} for f in _compare(feature, is_camera, src_features[feature], stats)]
-    counts = {"episodes": len(ours), "features_compared": compared, "differences": len(offending)}
+            for s, stat in enumerate(("count",) + (CAMERA_COMPARED if is_camera else NUMERIC_COMPARED)):
+                if stat not in stats:
+                    continue
+                having = [(episode, src[stat]) for episode, src in present if stat in src]
+                mine = stats[stat][[rows[episode] for episode, _ in having]]
+                for k, finding in _differences(stat, is_camera, [v for _, v in having], mine):
+                    episode = having[k][0]
+                    found.append(((rows[episode], order[feature], s), {"episode_index": episode, "feature": feature, **finding}))
+    offending = [finding for _, finding in sorted(found, key=lambda x: x[0])]
+    counts = {"episodes": len(rows), "features_compared": compared, "differences": len(offending)}
     if offending:
         pairs = list(dict.fromkeys(f"episode {o['episode_index']} {o['feature']}" for o in offending))
         worst = offending[0]
