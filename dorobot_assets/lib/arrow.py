@@ -8,6 +8,7 @@ helpers here never reach that code, so a conversion does not depend on whether p
 
 from __future__ import annotations
 
+import ctypes
 from typing import Sequence
 
 import numpy as np
@@ -129,3 +130,14 @@ def nested_list_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
     if arr.null_count or not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
         return None
     return column_numpy(arr).reshape(shape)
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by a step back to the system: pyarrow's pool and glibc's heap keep freed
+    pages for reuse, and with every step in one process the next step would start that much
+    higher (measured 10-20 MiB per step at 2000 episodes)."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

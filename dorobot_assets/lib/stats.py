@@ -11,7 +11,6 @@ envelope of per-episode quantiles (LeRobot #3804/#4156).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import zipfile
@@ -22,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from dorobot_assets.lib.arrow import column_numpy, int64_array, nested_list_array, nested_list_numpy
+from dorobot_assets.lib.arrow import column_numpy, int64_array, nested_list_array, nested_list_numpy, release_freed_memory
 from dorobot_assets.lib.errors import OutputError, RecordingError
 from dorobot_assets.lib.fsutil import atomic_path, remove_stale_temp_files, write_json_atomic
 from dorobot_assets.lib.settings import DEFAULT_STATS_WORKERS
@@ -842,17 +841,6 @@ def _reusable_camera_levels(cache: Path, cameras: list[str]) -> dict[tuple[int, 
     return found
 
 
-def _release_freed_memory() -> None:
-    """Give the memory freed by the computation back to the system: pyarrow's pool and glibc's
-    heap keep freed pages for reuse, and the steps that run after this one in the same process
-    would otherwise start that much higher (measured ~20 MiB)."""
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 def _camera_counting(rec: Recording, cameras: list[str], computed: np.ndarray, threads: int):
     """The level counting of every camera of the episodes to compute, started now (helpers
     begin at once), or a null context without cameras (then PyAV is not even imported)."""
@@ -990,7 +978,7 @@ def compute_episode_stats(rec: Recording, work_dir: Path, *, workers: int | None
         "frames_sampled": camera_blocks.frames_sampled if camera_blocks else 0,
         "stats_helper_processes": helpers,
     }
-    _release_freed_memory()
+    release_freed_memory()
     return table, extra
 
 

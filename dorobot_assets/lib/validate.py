@@ -114,7 +114,9 @@ def _new_schema() -> tuple[duckdb.DuckDBPyConnection, str]:
     global _DATABASE
     with _DATABASE_LOCK:
         if _DATABASE is None:
-            _DATABASE = duckdb.connect()
+            # One thread and an early return of freed memory: the checks scan a few columns, and
+            # the conversion's memory budget (issue 8: 300 MiB) matters more than their speed.
+            _DATABASE = duckdb.connect(config={"threads": 1, "allocator_flush_threshold": "4MB"})
         cursor = _DATABASE.cursor()
         schema = f"view_{next(_SCHEMA_NUMBERS)}"
     cursor.execute(f"CREATE SCHEMA {schema}")
@@ -306,9 +308,10 @@ class DatasetView:
         if not files:
             raise MissingInput("meta/episodes/*/*.parquet")
         self._create_table(con, "episodes_files", self._positions(con, files))
-        # Read once: several checks join it, and it is small (one row per episode).
+        # A view: the stats columns make a table of it ~20 MiB at 2000 episodes, and reading the
+        # one small file again per check costs milliseconds.
         con.execute(f"""
-            CREATE TABLE episodes AS
+            CREATE VIEW episodes AS
             SELECT e.* EXCLUDE (_file, file_row_number), f.first_row + e.file_row_number AS ep_row
             FROM read_parquet({_sql_list(files)}, filename='_file', file_row_number=true, union_by_name=true) e
             JOIN episodes_files f ON e._file = f.path
