@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dorobot_assets.lib import encoders
 from dorobot_assets.lib.errors import DorobotError
-from dorobot_assets.lib.settings import DEFAULT_VIDEO_WORKERS, STATS_MODES, ConversionSettings
+from dorobot_assets.lib.settings import DEFAULT_STATS_WORKERS, DEFAULT_VIDEO_WORKERS, STATS_MODES, ConversionSettings
 from dorobot_assets.lib.v30 import (
     DEFAULT_AUDIO_FILE_SIZE_MB,
     DEFAULT_DATA_FILE_SIZE_MB,
@@ -29,6 +29,7 @@ def _cmd_convert(args) -> int:
         missing_cameras="drop" if args.drop_missing_cameras else "error",
         reencode=args.reencode,
         video_workers=args.video_workers,
+        stats_workers=args.stats_workers,
     )
     from dorobot_assets.defs.resources import VideoEncoderResource
 
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--drop-missing-cameras", action="store_true",
                    help="leave out cameras declared in info.json that have no mp4 files at all")
     c.add_argument("--video-workers", type=int, default=DEFAULT_VIDEO_WORKERS, help="cameras converted at once")
+    c.add_argument("--stats-workers", type=int, default=DEFAULT_STATS_WORKERS,
+                   help="decoding threads for camera statistics with --stats recompute (1: in-process)")
     c.add_argument("--reencode", action="store_true",
                    help="transcode every video through --encoder instead of copying it (stream copy is the default)")
     c.add_argument("--encoder", choices=encoders.BACKENDS, default=encoders.DEFAULT_BACKEND,

@@ -234,7 +234,7 @@ def episode_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
         table = stats_lib.copy_source_stats(step.rec)
         extra = {"mode": "copy"}
     else:
-        table, extra = stats_lib.compute_episode_stats(step.rec, step.work)
+        table, extra = stats_lib.compute_episode_stats(step.rec, step.work, workers=step.settings.stats_workers)
         extra = {"mode": "recompute", **extra}
     write_manifest(step.work, "episode_stats", table, step.fingerprint, extra)
     return step.result(

@@ -109,6 +109,7 @@ def _run(
             missing_cameras=settings.missing_cameras,
             reencode=settings.reencode,
             video_workers=settings.video_workers,
+            stats_workers=settings.stats_workers,
         ),
     }
     for name, res in defs.resources.items():

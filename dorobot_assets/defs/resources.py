@@ -13,7 +13,7 @@ from pydantic import Field
 from dorobot_assets.lib import encoders
 from dorobot_assets.lib.errors import ConfigError
 from dorobot_assets.lib.keys import RecordingRegistry, resolve_recording
-from dorobot_assets.lib.settings import DEFAULT_VIDEO_WORKERS, ConversionSettings
+from dorobot_assets.lib.settings import DEFAULT_STATS_WORKERS, DEFAULT_VIDEO_WORKERS, ConversionSettings
 from dorobot_assets.lib.v30 import (
     DEFAULT_AUDIO_FILE_SIZE_MB,
     DEFAULT_DATA_FILE_SIZE_MB,
@@ -89,6 +89,10 @@ class ConversionResource(dg.ConfigurableResource):
     missing_cameras: str = Field(default="error", description="a declared camera without mp4s: error or drop")
     reencode: bool = Field(default=False, description="transcode every video through the video_encoder resource instead of stream copy")
     video_workers: int = Field(default=DEFAULT_VIDEO_WORKERS, description="cameras converted at once in the videos step")
+    stats_workers: int = Field(
+        default=DEFAULT_STATS_WORKERS,
+        description="decoding threads for camera statistics in recompute mode (1: decode in the step's own process)",
+    )
 
     def settings(self) -> ConversionSettings:
         return ConversionSettings(
@@ -100,6 +104,7 @@ class ConversionResource(dg.ConfigurableResource):
             missing_cameras=self.missing_cameras,
             reencode=self.reencode,
             video_workers=self.video_workers,
+            stats_workers=self.stats_workers,
         )
 
 

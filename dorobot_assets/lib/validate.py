@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from dorobot_assets.lib import mp4
-from dorobot_assets.lib.arrow import int64_array, string_array
+from dorobot_assets.lib.arrow import int64_array, nested_list_numpy, string_array
 from dorobot_assets.lib.errors import DorobotError
 from dorobot_assets.lib.stats import STATS_PREFIX
 from dorobot_assets.lib.v30 import (
@@ -1303,6 +1303,10 @@ def _read_episode_stats(view: DatasetView) -> tuple[list[int], list[int], dict[s
     table = con.sql(f"SELECT {select} FROM episodes ORDER BY ep_row").to_arrow_table()
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, (feature, stat) in columns.items():
+        regular = nested_list_numpy(table.column(name))  # straight from the buffers when regular
+        if regular is not None:
+            out.setdefault(feature, {})[stat] = regular.astype(np.float64)
+            continue
         values = table.column(name).to_pylist()
         if any(v is None for v in values):
             continue
