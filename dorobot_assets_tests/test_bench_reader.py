@@ -194,3 +194,14 @@ print(sorted(m for m in sys.modules if m == "pandas" or m.startswith("pandas."))
     table = pq.read_table(tmp_path / "out/meta/episodes/chunk-000/file-000.parquet")
     assert table.column("audio/observation.audio.left/file_index").to_pylist() == [0, None]
     assert table.column("tasks").type == pa.list_(pa.string())
+
+
+def test_list_helpers_match_pyarrow_on_lists_fixed_size_lists_and_slices():
+    lists = pa.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], pa.list_(pa.float64()))
+    fixed = pa.array([[1, 2], [3, 4], [5, 6]], pa.list_(pa.int64(), 2))
+    for arr in (lists, fixed, lists.slice(1, 2), fixed.slice(1, 2), lists.slice(0, 0)):
+        assert arrow.list_values(arr).equals(arr.flatten())
+    nested = arrow.nested_list_array(np.arange(12, dtype=np.float64).reshape(2, 3, 2, 1), pa.float64())
+    assert nested.type == pa.list_(pa.list_(pa.list_(pa.float64())))
+    np.testing.assert_array_equal(arrow.nested_list_numpy(nested), np.arange(12).reshape(2, 3, 2, 1))
+    assert arrow.nested_list_numpy(pa.array([[1.0], [2.0, 3.0]])) is None  # ragged: callers fall back

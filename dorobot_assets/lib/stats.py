@@ -21,7 +21,14 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from dorobot_assets.lib.arrow import column_numpy, int64_array, nested_list_array, nested_list_numpy, release_freed_memory
+from dorobot_assets.lib.arrow import (
+    column_numpy,
+    int64_array,
+    list_values,
+    nested_list_array,
+    nested_list_numpy,
+    release_freed_memory,
+)
 from dorobot_assets.lib.errors import OutputError, RecordingError
 from dorobot_assets.lib.fsutil import atomic_path, remove_stale_temp_files, write_json_atomic
 from dorobot_assets.lib.settings import DEFAULT_STATS_WORKERS
@@ -228,7 +235,7 @@ def column_matrix(column: pa.ChunkedArray, shape: tuple[int, ...], path: Path, n
                     f"column {name!r} has vectors of {lengths.min()} to {lengths.max()} values; "
                     f"info.json shape is {list(shape)}",
                 )
-        arr = arr.flatten()
+        arr = list_values(arr)
     if arr.null_count:
         raise RecordingError("null_values", path, f"column {name!r} has {arr.null_count} null values")
     if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type)):

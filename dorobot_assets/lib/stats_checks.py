@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from dorobot_assets.lib.arrow import column_numpy
+from dorobot_assets.lib.arrow import column_numpy, list_values
 from dorobot_assets.lib.stats import HISTOGRAM_BINS
 from dorobot_assets.lib.v21 import EPISODES_STATS_FILE, NUMERIC_DTYPES
 from dorobot_assets.lib.v30 import QUANTILE_KEYS, QUANTILES, STATS_PATH
@@ -268,7 +268,7 @@ def _dataset_episode_stats(view: DatasetView) -> tuple[dict[int, int], dict[str,
         while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
             if arr.null_count:
                 break
-            arr = arr.flatten()
+            arr = list_values(arr)
         if arr.null_count or pa.types.is_nested(arr.type) or not episodes or len(arr) % episodes:
             continue
         values = column_numpy(arr).astype(np.float64).reshape(episodes, -1)
