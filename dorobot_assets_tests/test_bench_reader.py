@@ -205,3 +205,6 @@ def test_list_helpers_match_pyarrow_on_lists_fixed_size_lists_and_slices():
     assert nested.type == pa.list_(pa.list_(pa.list_(pa.float64())))
     np.testing.assert_array_equal(arrow.nested_list_numpy(nested), np.arange(12).reshape(2, 3, 2, 1))
     assert arrow.nested_list_numpy(pa.array([[1.0], [2.0, 3.0]])) is None  # ragged: callers fall back
+    # bit-packed booleans, in an array or a chunked column, go through Arrow's own conversion
+    np.testing.assert_array_equal(arrow.column_numpy(pa.array([True, False, True])), [True, False, True])
+    np.testing.assert_array_equal(arrow.column_numpy(pa.chunked_array([[True], [False]])), [True, False])

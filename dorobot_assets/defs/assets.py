@@ -303,13 +303,7 @@ def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
 )
 def info(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
     step = start_step(context, storage, conversion, writes=False)
-    _, video_extra = step.manifest("videos")
-    _, audio_extra = step.manifest("audio")
-    info_args = dict(
-        audio_features_info=audio_extra.get("features_info") or None,
-        dropped_features=tuple(video_extra.get("dropped_cameras", ())),
-        video_features_info=video_extra.get("features_info") or None,
-    )
+    info_args = checks.info_arguments(step.manifest("videos")[1], step.manifest("audio")[1])
     pending = info_lib.pending_info(step.rec, step.root, step.settings, **info_args)
     yield from checks.info_check_results(
         context, DatasetView(root=step.root, info=pending, source=step.rec.root, work=step.work)

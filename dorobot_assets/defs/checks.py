@@ -42,13 +42,21 @@ def _pending_episodes(rec: Recording, work, asset: str) -> pa.Table:
     )
 
 
+def info_arguments(video_extra: dict, audio_extra: dict) -> dict:
+    """What the videos and audio manifests add to info.json (``pending_info`` / ``write_info``
+    keyword arguments): re-encoded cameras' video info, dropped cameras, microphones' info."""
+    return dict(
+        audio_features_info=audio_extra.get("features_info") or None,
+        dropped_features=tuple(video_extra.get("dropped_cameras", ())),
+        video_features_info=video_extra.get("features_info") or None,
+    )
+
+
 def conversion_view(rec: Recording, root, work, settings, asset: str) -> validate.DatasetView:
     """The dataset as a check sees it mid-conversion: pending info, and for the videos/audio
     assets the placements they just wrote instead of a not yet (re)written meta/episodes."""
     info = info_lib.pending_info(
-        rec, root, settings,
-        audio_features_info=_manifest_extra(work, "audio").get("features_info") or None,
-        dropped_features=tuple(_manifest_extra(work, "videos").get("dropped_cameras", ())),
+        rec, root, settings, **info_arguments(_manifest_extra(work, "videos"), _manifest_extra(work, "audio"))
     )
     pending = _pending_episodes(rec, work, asset) if asset in PLACEMENT_ASSETS else None
     return validate.DatasetView(root=root, info=info, source=rec.root, work=work, pending_episodes=pending)

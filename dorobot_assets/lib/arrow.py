@@ -77,13 +77,14 @@ def string_list_array(values: Sequence[Sequence[str]]) -> pa.Array:
 
 def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """The values of a fixed-width numeric column as numpy, read from its buffers. Columns with
-    nulls (or of other types) go through ``to_numpy``, which may import pandas."""
+    nulls or of other types (booleans are bit-packed) go through Arrow's own conversion, which may
+    import pandas."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     dtype = None
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         dtype = np.dtype(column.type.to_pandas_dtype())
     if dtype is None or column.null_count:
-        return column.to_numpy()
+        return column.to_numpy() if isinstance(column, pa.ChunkedArray) else column.to_numpy(zero_copy_only=False)
     parts = [
         np.frombuffer(c.buffers()[1], dtype, count=len(c), offset=c.offset * dtype.itemsize) for c in chunks
     ]

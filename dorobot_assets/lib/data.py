@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from dorobot_assets.lib.fsutil import atomic_path
 from dorobot_assets.lib.rollover import FileSlot, group_by_slot, plan_rollover
-from dorobot_assets.lib.arrow import int64_array
+from dorobot_assets.lib.arrow import int64_array, release_freed_memory
 from dorobot_assets.lib.v21 import Recording, read_episode_data
 from dorobot_assets.lib.v30 import DEFAULT_FILES_PER_CHUNK, MB, data_file
 
@@ -94,7 +94,7 @@ def write_data(
         files.append(final)
     # Arrow's allocator keeps the pages of every freed episode table; give them back so the
     # steps after this one start from the process's own size, not from ours.
-    pa.default_memory_pool().release_unused()
+    release_freed_memory()
     removed = remove_unplanned(dataset_root / "data", files, "*.parquet")
     placements = pa.table({
         "episode_index": int64_array(ep_idx),

@@ -246,8 +246,7 @@ def column_matrix(column: pa.ChunkedArray, shape: tuple[int, ...], path: Path, n
             f"column {name!r} holds {len(arr)} values in {rows} rows; info.json shape {list(shape)} "
             f"needs {width} per row",
         )
-    # booleans are bit-packed: Arrow's own conversion; numbers straight from the buffer
-    values = (arr.to_numpy(zero_copy_only=False) if pa.types.is_boolean(arr.type) else column_numpy(arr)).reshape(rows, width)
+    values = column_numpy(arr).reshape(rows, width)
     # NaN and inf show in the extremes; finding the first one costs a pass only when there is one
     if values.dtype.kind == "f" and len(values) and not np.isfinite(values.min() + values.max()):
         bad = ~np.isfinite(values)
