@@ -178,3 +178,32 @@ def test_failed_reconversion_keeps_the_previous_dataset_whole(make_sample, tmp_p
     assert not run.success
     assert "stats_mismatch" in run.error and "has stats for 2 episodes, episodes.jsonl lists 1" in run.error
     assert file_hashes(out) == before
+
+
+def test_recording_changed_during_the_run_is_not_published(make_sample, tmp_path, monkeypatch):
+    """The fingerprint is taken once per run; info takes it again and refuses to publish a
+    dataset converted from files that changed meanwhile."""
+    from dorobot_assets.defs import assets
+
+    src = make_sample("rec", lengths=[5, 6])
+    out = tmp_path / "rec"
+    write_data = assets.data_lib.write_data
+
+    def write_then_touch(*args, **kwargs):
+        result = write_data(*args, **kwargs)
+        # someone re-records episode 1 while the conversion runs
+        path = src / "data/chunk-000/episode_000001.parquet"
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+        return result
+
+    monkeypatch.setattr(assets.data_lib, "write_data", write_then_touch)
+    run = convert_recording(src, out, COPY)
+    assert not run.success
+    assert run.error.startswith("info: ")
+    assert "files of the recording changed while it was being converted" in run.error
+    assert "[recording_changed]" in run.error
+    assert not (out / "meta/info.json").exists()
+    # the next run converts the recording as it is now
+    monkeypatch.setattr(assets.data_lib, "write_data", write_data)
+    assert convert_recording(src, out, COPY).success
+    assert (out / "meta/info.json").is_file()

@@ -21,6 +21,7 @@ from dorobot_assets.lib import report as report_lib
 from dorobot_assets.lib import stats as stats_lib
 from dorobot_assets.lib import tasks as tasks_lib
 from dorobot_assets.lib import video as video_lib
+from dorobot_assets.lib.errors import RecordingError
 from dorobot_assets.lib.fsutil import remove_stale_temp_files
 from dorobot_assets.lib.manifest import manifest_path, read_manifest, write_manifest
 from dorobot_assets.lib.settings import ConversionSettings
@@ -32,13 +33,28 @@ GROUP = "lerobot_v30"
 CODE_VERSION = "1"
 
 
-def load_recording(storage: StorageResource, settings: ConversionResource, key: str) -> Recording:
+# The recording's fingerprint per (run, folder): taken by the run's first step and reused by
+# the others (a stat walk of a 6000-file recording costs ~0.07 s, and a run has 8 steps). The
+# info asset takes it again before publishing, so a recording changed mid-run is never published.
+_RUN_FINGERPRINTS: dict[tuple[str, Path], str] = {}
+
+
+def run_fingerprint(run_id: str, source: Path) -> str:
+    if (run_id, source) not in _RUN_FINGERPRINTS:
+        if len(_RUN_FINGERPRINTS) > 64:  # a long-lived process (the webserver's, a sensor's) runs many
+            _RUN_FINGERPRINTS.clear()
+        _RUN_FINGERPRINTS[(run_id, source)] = recording_fingerprint(source)
+    return _RUN_FINGERPRINTS[(run_id, source)]
+
+
+def load_recording(storage: StorageResource, settings: ConversionResource, key: str, run_id: str | None = None) -> Recording:
     """Read (and validate) the partition's recording; raises RecordingError before any write."""
     source = storage.source_dir(key)
     return read_recording_cached(
         source,
         storage.work_dir(key) / "cache",
         missing_cameras=settings.settings().missing_cameras,
+        fingerprint=run_fingerprint(run_id, source) if run_id else None,
     )
 
 
@@ -99,7 +115,7 @@ def start_step(
     """Read (and validate) the recording first; only then, if the asset writes into the dataset,
     withdraw info.json (begin_write)."""
     key = context.partition_key
-    rec = load_recording(storage, conversion, key)
+    rec = load_recording(storage, conversion, key, context.run_id)
     step = ConversionStep(
         key=key, settings=conversion.settings(), rec=rec, fingerprint=rec.fingerprint(),
         root=storage.dataset_root(key), work=storage.work_dir(key), started=time.perf_counter(),
@@ -303,6 +319,12 @@ def dataset_stats(context: dg.AssetExecutionContext, storage: StorageResource, c
 )
 def info(context: dg.AssetExecutionContext, storage: StorageResource, conversion: ConversionResource):
     step = start_step(context, storage, conversion, writes=False)
+    if recording_fingerprint(step.rec.root) != step.fingerprint:
+        raise RecordingError(
+            "recording_changed", step.rec.root,
+            "files of the recording changed while it was being converted; meta/info.json not written, "
+            "materialize the partition again",
+        )
     info_args = checks.info_arguments(step.manifest("videos")[1], step.manifest("audio")[1])
     pending = info_lib.pending_info(step.rec, step.root, step.settings, **info_args)
     yield from checks.info_check_results(

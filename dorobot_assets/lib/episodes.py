@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 from dorobot_assets.lib.data import remove_unplanned
 from dorobot_assets.lib.errors import OutputError
 from dorobot_assets.lib.fsutil import atomic_path
-from dorobot_assets.lib.arrow import column_numpy, int64_array, release_freed_memory, string_array, string_list_array
+from dorobot_assets.lib.arrow import (
+    column_numpy, int64_array, release_freed_memory, string_array, string_list_array, write_per_episode_table,
+)
 from dorobot_assets.lib.v21 import Recording
 from dorobot_assets.lib.v30 import episodes_file
 
@@ -83,8 +85,8 @@ class EpisodesResult:
 def write_episodes(table: pa.Table, dataset_root: Path) -> EpisodesResult:
     path = Path(dataset_root) / episodes_file(*EPISODES_SLOT)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    release_freed_memory()  # the writer's freed pages (~15 MiB for 2000 episodes)
+        write_per_episode_table(table, tmp)
+    release_freed_memory()  # the table and the writer's freed pages
     remove_unplanned(Path(dataset_root) / "meta" / "episodes", [path], "*.parquet")
     return EpisodesResult(path=path, episodes=table.num_rows, columns=table.column_names)
 

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dorobot_assets.lib.arrow import read_parquet
+from dorobot_assets.lib.arrow import read_parquet, write_per_episode_table
 from dorobot_assets.lib.errors import OutputError
 from dorobot_assets.lib.fsutil import atomic_path
 
@@ -32,7 +31,7 @@ def write_manifest(work_dir: Path, name: str, table: pa.Table, fingerprint: str,
     table = table.replace_schema_metadata(meta)
     path = manifest_path(work_dir, name)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        write_per_episode_table(table, tmp)
     return path
 
 

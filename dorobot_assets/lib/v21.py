@@ -697,11 +697,14 @@ MODEL_VERSION = 3  # bump when Recording's fields change: older cached pickles a
 _LAST_READ: dict[tuple, Recording] = {}
 
 
-def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, missing_cameras: str = "error") -> Recording:
+def read_recording_cached(
+    root: Path | str, cache_dir: Path | str | None, *, missing_cameras: str = "error", fingerprint: str | None = None,
+) -> Recording:
     """``read_recording`` memoised on disk (and in memory) by the recording's fingerprint.
 
     Every asset of a run needs the model; the cache turns the per-asset re-read (footers and
-    key columns of every episode) into one ``stat`` walk when nothing changed.
+    key columns of every episode) into one ``stat`` walk when nothing changed. A caller that
+    took the fingerprint already (once per run) passes it as ``fingerprint``.
     """
     import pickle
 
@@ -710,7 +713,7 @@ def read_recording_cached(root: Path | str, cache_dir: Path | str | None, *, mis
     root = Path(root)
     if cache_dir is None:
         return read_recording(root, missing_cameras=missing_cameras)
-    fp = recording_fingerprint(root)
+    fp = fingerprint or recording_fingerprint(root)
     cache = Path(cache_dir) / f"recording-{fp}-{missing_cameras}-m{MODEL_VERSION}.pickle"
     memo_key = (root, fp, missing_cameras, cache)
     if memo_key in _LAST_READ and cache.exists():
