@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+import dorobot_assets
 from dorobot_assets.lib.settings import STATS_MODES
 
 MIB = 1024 * 1024
@@ -594,6 +595,8 @@ def run_official(cfg: BenchConfig, rec: RecordingInfo, run_dir: Path, label: str
     dataset = run_dir / "root" / OFFICIAL_REPO_ID
     link_tree(rec.path, dataset)
     env = _clean_env()
+    if dorobot_assets.ARROW_POOL_CHOSEN_HERE:  # LeRobot runs with its own allocator choice
+        env.pop("ARROW_DEFAULT_MEMORY_POOL", None)
     env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(run_dir / "hf"),
                 "HF_LEROBOT_HOME": str(run_dir / "lerobot_home"), "TOKENIZERS_PARALLELISM": "false"})
     video_mb = "default" if cfg.video_file_size_mb is None else str(cfg.video_file_size_mb)
