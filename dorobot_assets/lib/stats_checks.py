@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from dorobot_assets.lib.arrow import column_numpy, list_values
-from dorobot_assets.lib.stats import HISTOGRAM_BINS
+from dorobot_assets.lib.stats import HISTOGRAM_BINS, STATS_BLOCK_EPISODES, parse_stats_lines
 from dorobot_assets.lib.v21 import EPISODES_STATS_FILE, NUMERIC_DTYPES
 from dorobot_assets.lib.v30 import QUANTILE_KEYS, QUANTILES, STATS_PATH
 from dorobot_assets.lib.validate import (
@@ -35,6 +35,7 @@ from dorobot_assets.lib.validate import (
     q,
     read_json_object,
     short_list,
+    stats_column_blocks,
 )
 
 LISTED = 10  # findings named in a description
@@ -230,59 +231,77 @@ def stats_quantiles_exact(view: DatasetView) -> CheckResult:
                   counts)
 
 
-SOURCE_BLOCK_EPISODES = 256  # source stats lines held as Python objects at once
-
-
-def _source_stats_blocks(source: Path) -> Iterator[list[tuple[int, dict]]]:
-    """The source's v2.1 per-episode stats as ``(episode_index, stats)``, a block of lines at a
-    time: parsed JSON is ~10x its numbers' size, so only a block of it is held."""
-    block: list[tuple[int, dict]] = []
+def _source_stats_blocks(source: Path) -> Iterator[tuple[list[int], dict | list]]:
+    """The source's v2.1 per-episode stats, a block of STATS_BLOCK_EPISODES lines at a time
+    (parsed JSON is ~10x its numbers' size, so only a block of it is held): each line's
+    episode_index and either ``{feature: {stat: array (lines, ...)}}`` when Arrow reads the
+    lines alike (see :func:`parse_stats_lines`: every line has every feature and stat), or each
+    line's ``stats`` as Python's json reads it."""
+    lines: list[str] = []
     with open(source / EPISODES_STATS_FILE, encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                row = json.loads(line)
-                block.append((int(row["episode_index"]), row["stats"]))
-                if len(block) == SOURCE_BLOCK_EPISODES:
-                    yield block
-                    block = []
-    if block:
-        yield block
+                lines.append(line)
+                if len(lines) == STATS_BLOCK_EPISODES:
+                    yield _parse_source_block(lines)
+                    lines = []
+    if lines:
+        yield _parse_source_block(lines)
+
+
+def _parse_source_block(lines: list[str]) -> tuple[list[int], dict | list]:
+    parsed = parse_stats_lines(lines)
+    if parsed is not None and parsed.episodes is not None:
+        return parsed.episodes.tolist(), parsed.stats
+    episodes, stats = [], []
+    for line in lines:
+        row = json.loads(line)
+        episodes.append(int(row["episode_index"]))
+        stats.append(row["stats"])
+    return episodes, stats
 
 
 def _dataset_episode_stats(view: DatasetView) -> tuple[dict[int, int], dict[str, dict[str, np.ndarray]]]:
     """Row of each episode index in meta/episodes, and the compared stats columns as
     ``{feature: {stat: (episodes, values) float64}}`` (columns with nulls or ragged values are
     left out: nothing sensible to compare)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
     con = view.connect(episodes=True)
     try:
         wanted = {"count", *NUMERIC_COMPARED, *CAMERA_COMPARED}
         columns = {c: fs for c, fs in episode_stats_columns(view, con).items() if fs[1] in wanted}
-        select = ", ".join(["episode_index", *(q(c) for c in columns)])
-        table = con.sql(f"SELECT {select} FROM episodes ORDER BY ep_row").to_arrow_table()
+        index = column_numpy(con.sql("SELECT episode_index FROM episodes ORDER BY ep_row").to_arrow_table().column(0))
+        episodes = len(index)
+        for part, table in stats_column_blocks(con, list(columns), episodes):
+            for name, column in zip(part, table.columns):
+                feature, stat = columns[name]
+                arr = column.combine_chunks()
+                while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+                    if arr.null_count:
+                        break
+                    arr = list_values(arr)
+                if arr.null_count or pa.types.is_nested(arr.type) or not episodes or len(arr) % episodes:
+                    continue
+                values = column_numpy(arr).astype(np.float64).reshape(episodes, -1)
+                if len(values) and values.shape[1] * episodes == len(arr):
+                    out.setdefault(feature, {})[stat] = values
+            del table
     finally:
         con.close()
-    episodes = table.num_rows
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for name, (feature, stat) in columns.items():
-        arr = table.column(name).combine_chunks()
-        while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
-            if arr.null_count:
-                break
-            arr = list_values(arr)
-        if arr.null_count or pa.types.is_nested(arr.type) or not episodes or len(arr) % episodes:
-            continue
-        values = column_numpy(arr).astype(np.float64).reshape(episodes, -1)
-        if len(values) and values.shape[1] * episodes == len(arr):
-            out.setdefault(feature, {})[stat] = values
-    rows = {int(e): r for r, e in enumerate(column_numpy(table.column("episode_index")))}
+    rows = {int(e): r for r, e in enumerate(index)}
     return rows, out
 
 
-def _differences(stat: str, is_camera: bool, src: list, ours: np.ndarray) -> list[tuple[int, dict]]:
-    """``(k, finding)`` for the k-th of ``src`` (v2.1 values) that differs from ``ours[k]``:
-    counts must be equal; min/max/mean/std within the tolerance, reporting the worst element."""
+def _differences(stat: str, is_camera: bool, src: list | np.ndarray, ours: np.ndarray) -> list[tuple[int, dict]]:
+    """``(k, finding)`` for the k-th of ``src`` (v2.1 values: a list, or an array with one row
+    per value) that differs from ``ours[k]``: counts must be equal; min/max/mean/std within the
+    tolerance, reporting the worst element."""
     if stat == "count":
-        theirs = np.array([np.ravel(v)[0] for v in src], np.int64)
+        if isinstance(src, np.ndarray):  # float counts as Python floats: NaN raises as from a list
+            first = src.reshape(len(src), -1)[:, 0]
+            theirs = first if first.dtype == np.int64 else np.array(first.tolist(), np.int64)
+        else:
+            theirs = np.array([np.ravel(v)[0] for v in src], np.int64)
         mine = ours[:, 0].astype(np.int64)
         return [(int(k), {"stat": "count", "element": 0, "source": int(theirs[k]), "recomputed": int(mine[k])})
                 for k in np.flatnonzero(theirs != mine)]
@@ -329,19 +348,35 @@ def stats_match_source(view: DatasetView) -> CheckResult:
     order = {f: i for i, f in enumerate(ours)}
     found: list[tuple[tuple[int, int, int], dict]] = []
     compared = 0
-    for block in _source_stats_blocks(Path(view.source)):
-        block = [(episode, stats) for episode, stats in block if episode in rows]
+    for episodes, source in _source_stats_blocks(Path(view.source)):
+        kept = [k for k, episode in enumerate(episodes) if episode in rows]
+        if isinstance(source, list):  # per-line dicts: features and stats may vary by line
+            block = [(episodes[k], source[k]) for k in kept]
+        else:  # arrays: every line has every feature and stat
+            kept_episodes = [episodes[k] for k in kept]
         for feature, stats in ours.items():
-            present = [(episode, src[feature]) for episode, src in block if feature in src]
-            compared += len(present)
+            if isinstance(source, list):
+                present = [(episode, src[feature]) for episode, src in block if feature in src]
+                compared += len(present)
+            else:
+                arrays = source.get(feature, {})
+                compared += len(kept) if feature in source else 0
             is_camera = view.features.get(feature, {}).get("dtype") in ("video", "image")
             for s, stat in enumerate(("count",) + (CAMERA_COMPARED if is_camera else NUMERIC_COMPARED)):
                 if stat not in stats:
                     continue
-                having = [(episode, src[stat]) for episode, src in present if stat in src]
-                mine = stats[stat][[rows[episode] for episode, _ in having]]
-                for k, finding in _differences(stat, is_camera, [v for _, v in having], mine):
-                    episode = having[k][0]
+                if isinstance(source, list):
+                    having = [(episode, src[stat]) for episode, src in present if stat in src]
+                    with_stat, values = [episode for episode, _ in having], [v for _, v in having]
+                elif stat in arrays:
+                    with_stat, values = kept_episodes, arrays[stat][kept]
+                else:
+                    continue  # no line has it
+                if not with_stat:
+                    continue  # nothing to compare
+                mine = stats[stat][[rows[episode] for episode in with_stat]]
+                for k, finding in _differences(stat, is_camera, values, mine):
+                    episode = with_stat[k]
                     found.append(((rows[episode], order[feature], s), {"episode_index": episode, "feature": feature, **finding}))
     offending = [finding for _, finding in sorted(found, key=lambda x: x[0])]
     counts = {"episodes": len(rows), "features_compared": compared, "differences": len(offending)}

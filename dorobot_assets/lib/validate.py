@@ -22,7 +22,7 @@ import string
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import duckdb
 import numpy as np
@@ -1302,27 +1302,41 @@ def _episode_stats(view: DatasetView) -> tuple[list[int], list[int], dict[str, d
     return view.memo("episode_stats", lambda: _read_episode_stats(view))
 
 
+# Stats cells (episodes x columns) read by one DuckDB query: a result of nested lists took ~0.2 KiB
+# a cell (every stats column of 2000 episodes at once: ~16 MiB), so a few MiB at any size.
+STATS_QUERY_CELLS = 16384
+
+
+def stats_column_blocks(con, names: list[str], episodes: int) -> Iterator[tuple[list[str], pa.Table]]:
+    """The meta/episodes columns ``names`` in row order, a few columns per query (STATS_QUERY_CELLS)."""
+    per_query = max(1, STATS_QUERY_CELLS // max(1, episodes))
+    for start in range(0, len(names), per_query):
+        part = names[start:start + per_query]
+        yield part, con.sql(f"SELECT {', '.join(q(n) for n in part)} FROM episodes ORDER BY ep_row").to_arrow_table()
+
+
 def _read_episode_stats(view: DatasetView) -> tuple[list[int], list[int], dict[str, dict[str, np.ndarray]]]:
     if not view.has_episodes():
         return [], [], {}
     con = view.connect(episodes=True)
     columns = episode_stats_columns(view, con)
-    select = ", ".join(["episode_index", "length", *(q(c) for c in columns)])
-    table = con.sql(f"SELECT {select} FROM episodes ORDER BY ep_row").to_arrow_table()
+    keys = con.sql("SELECT episode_index, length FROM episodes ORDER BY ep_row").to_arrow_table()
     out: dict[str, dict[str, np.ndarray]] = {}
-    for name, (feature, stat) in columns.items():
-        regular = nested_list_numpy(table.column(name))  # straight from the buffers when regular
-        if regular is not None:
-            out.setdefault(feature, {})[stat] = regular.astype(np.float64)
-            continue
-        values = table.column(name).to_pylist()
-        if any(v is None for v in values):
-            continue
-        try:
-            out.setdefault(feature, {})[stat] = np.asarray(values, dtype=np.float64)
-        except ValueError:
-            continue  # ragged values: nothing sensible to compare
-    return table.column("episode_index").to_pylist(), table.column("length").to_pylist(), out
+    for part, table in stats_column_blocks(con, list(columns), keys.num_rows):
+        for name, column in zip(part, table.columns):
+            feature, stat = columns[name]
+            regular = nested_list_numpy(column)  # straight from the buffers when regular
+            if regular is not None:
+                out.setdefault(feature, {})[stat] = regular.astype(np.float64)
+                continue
+            values = column.to_pylist()
+            if any(v is None for v in values):
+                continue
+            try:
+                out.setdefault(feature, {})[stat] = np.asarray(values, dtype=np.float64)
+            except ValueError:
+                continue  # ragged values: nothing sensible to compare
+    return keys.column("episode_index").to_pylist(), keys.column("length").to_pylist(), out
 
 
 def _first_index(mask: np.ndarray) -> tuple | None:
