@@ -230,18 +230,25 @@ def _episode_path(
 ) -> Path:
     """``resolve_inside(root, <template formatted>)``. With ``folders`` (one dict per read), each
     folder is resolved once and a file alone only when it is a symlink: the same result without
-    a realpath walk per file (a quarter of reading a 2000-episode recording)."""
+    a realpath walk per file (a quarter of reading a 2000-episode recording). The symlinks of a
+    folder come from one listing of it (the entries' types), not an lstat per file."""
     rel = template.format(
         episode_chunk=episode_index // chunks_size, episode_index=episode_index, **extra
     )
     head, _, name = rel.rpartition("/")
     if folders is None or name in ("", ".", ".."):
         return resolve_inside(root, rel)
-    folder = folders.get(head)
-    if folder is None:
-        folder = folders[head] = resolve_inside(root, head or ".")
-    path = folder / name
-    return resolve_inside(root, rel) if os.path.islink(path) else path
+    known = folders.get(head)
+    if known is None:
+        folder = resolve_inside(root, head or ".")
+        try:
+            with os.scandir(folder) as entries:
+                links = {e.name for e in entries if e.is_symlink()}
+        except OSError:  # not a folder (yet): its files are reported missing where they are used
+            links = set()
+        known = folders[head] = (folder, links)
+    folder, links = known
+    return resolve_inside(root, rel) if name in links else folder / name
 
 
 # ----------------------------------------------------------------------------- reader
@@ -390,7 +397,7 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
     running_index = 0
     n_tasks = len(tasks)
     fps = float(info["fps"])
-    folders: dict[str, Path] = {}  # resolved folders of this read (see _episode_path)
+    folders: dict[str, tuple[Path, set[str]]] = {}  # resolved folders of this read and their symlinks (_episode_path)
     leaf_columns: dict[tuple[str, ...], dict[str, int]] = {}  # per column layout: name -> parquet leaf
     for row in ep_rows:
         e = row["episode_index"]
