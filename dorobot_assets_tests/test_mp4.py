@@ -501,6 +501,19 @@ def test_count_mismatch_names_both_counts(recording):
                                       "has length 18")
 
 
+def test_a_constant_sample_size_beyond_the_file_is_refused_without_allocating(recording, tmp_path):
+    """A damaged stsz (one size for every sample, a count of 2^32 - 1) is named, not allocated."""
+    data = bytearray(camera_sources(recording, "av1")[0].path.read_bytes())
+    at = data.index(b"stsz") + 4  # version and flags, then sample_size and sample_count
+    struct.pack_into(">II", data, at + 4, 1000, 0xFFFFFFFF)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(mp4.Mp4Unsupported) as err:
+        mp4.read_mp4(damaged)
+    assert str(err.value) == (f"track 1: stsz declares 4294967295 samples of 1000 bytes, more than the file's "
+                              f"{len(data)} bytes")
+
+
 # ----------------------------------------------------------------------------- fallbacks to PyAV remux
 
 

@@ -23,7 +23,7 @@ in order, one chunk per run of contiguous source bytes (usually one per source).
 
 Memory: a checked source is kept as a :class:`Part` (its tables as runs where the file stores
 runs, a few bytes per sample otherwise; no per-sample offsets) until its output file is written,
-and an output file's tables are built straight into the big-endian arrays written to it.
+and an output file's tables are built with a few bytes per sample at most.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -61,12 +60,18 @@ SAMPLE_TABLES = {b"stsd", b"stts", b"ctts", b"stss", b"sdtp", b"stsc", b"stsz", 
 SYNC_DEPENDENCY, OTHER_DEPENDENCY, DISPOSABLE = 0x20, 0x10, 0x08
 FRAGMENT_BOXES = {b"moof", b"mvex", b"sidx", b"styp", b"mfra"}
 # Table entry layouts (compiled once: parsing a dtype string costs more than reading a table).
-RUNS = np.dtype([("count", ">u4"), ("value", ">u4")])  # stts, ctts version 0
-SIGNED_RUNS = np.dtype([("count", ">u4"), ("value", ">i4")])  # ctts version 1
+RUNS = np.dtype((">u4", (2,)))  # stts, ctts: (sample count, value) rows
 CHUNK_RUNS = np.dtype([("first_chunk", ">u4"), ("samples", ">u4"), ("description", ">u4")])  # stsc
-EDITS = np.dtype([("duration", ">u4"), ("media_time", ">i4"), ("rate", ">i4")])  # elst version 0
-LONG_EDITS = np.dtype([("duration", ">u8"), ("media_time", ">i8"), ("rate", ">i4")])  # elst version 1
+EDIT, LONG_EDIT = struct.Struct(">Iii"), struct.Struct(">Qqi")  # elst version 0 / 1: duration, media time, rate
+STSC_ENTRY = struct.Struct(">III")  # first chunk, samples per chunk, sample description index
 U32, U64 = np.dtype(">u4"), np.dtype(">u8")
+SHORT_TABLE = 64  # entries up to which a table's sum is taken in Python (see _total)
+# Header fields, compiled once: every source's boxes are walked before anything is written.
+BOX_HEADER, UINT32, UINT64 = struct.Struct(">I4s"), struct.Struct(">I"), struct.Struct(">Q")
+# Bytes a box type may hold (printable ASCII and the (c) of QuickTime's metadata types): a type
+# with another byte left after deleting these is not one. The usual top-level types skip the check.
+TYPE_BYTES = bytes(range(32, 127)) + b"\xa9"
+TOP_LEVEL_TYPES = {b"ftyp", b"free", b"skip", b"wide", b"mdat", b"moov", b"moof", b"mfra", b"sidx", b"styp", b"uuid"}
 
 
 class Mp4Error(Exception):
@@ -84,58 +89,89 @@ class Mp4Unsupported(Mp4Error):
 # ----------------------------------------------------------------------------- reading
 
 
-def _boxes(buf: bytes, start: int, end: int, where: str) -> Iterator[tuple[bytes, int, int, int]]:
-    """``(type, box start, payload start, box end)`` of each box in ``buf[start:end]``.
+def _boxes(buf: bytes, start: int, end: int, where: str, limit: int = -1) -> list[tuple[bytes, int, int, int]]:
+    """``(type, box start, payload start, box end)`` of each box in ``buf[start:end]`` (of the
+    first ``limit`` ones when given: the boxes after them are not looked at).
 
     Inside a complete moov, an inconsistency makes the file unsupported rather than refused:
     FFmpeg tolerates some, and the PyAV fallback then decides whether the file can be read.
     """
+    out = []
     pos = start
-    while end - pos >= 8:
-        size, kind = struct.unpack_from(">I4s", buf, pos)
+    while end - pos >= 8 and len(out) != limit:
+        size, kind = BOX_HEADER.unpack_from(buf, pos)
         header = 8
-        if size == 1:
-            if end - pos < 16:
-                raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} is cut off")
-            size = struct.unpack_from(">Q", buf, pos + 8)[0]
-            header = 16
-        elif size == 0:
-            size = end - pos
-        if size < header or pos + size > end:
-            raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} claims {size} bytes, "
-                                 f"{end - pos} are left")
-        yield kind, pos, pos + header, pos + size
+        if size < 8:
+            size, header = _unusual_size(buf, pos, end, size, kind, where)
+        if pos + size > end:
+            raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} claims {size} bytes, {end - pos} are left")
+        out.append((kind, pos, pos + header, pos + size))
         pos += size
-
-
-def _children(buf: bytes, start: int, end: int, where: str) -> dict[bytes, list[tuple[int, int]]]:
-    """Payload ranges ``(start, end)`` of the boxes in ``buf[start:end]``, by type."""
-    out: dict[bytes, list[tuple[int, int]]] = {}
-    for kind, _, a, b in _boxes(buf, start, end, where):
-        out.setdefault(kind, []).append((a, b))
     return out
 
 
+def _children(buf: bytes, start: int, end: int, where: str) -> dict[bytes, list[tuple[int, int]]]:
+    """Payload ranges ``(start, end)`` of the boxes in ``buf[start:end]``, by type.
+
+    The walk of :func:`_boxes`, filling the dict as it goes: every container of every source's
+    moov passes through here, and building the list first would make a source's check 6% dearer."""
+    out: dict[bytes, list[tuple[int, int]]] = {}
+    pos = start
+    while end - pos >= 8:
+        size, kind = BOX_HEADER.unpack_from(buf, pos)
+        header = 8
+        if size < 8:
+            size, header = _unusual_size(buf, pos, end, size, kind, where)
+        if pos + size > end:
+            raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} claims {size} bytes, {end - pos} are left")
+        found = out.get(kind)
+        if found is None:
+            out[kind] = [(pos + header, pos + size)]
+        else:
+            found.append((pos + header, pos + size))
+        pos += size
+    return out
+
+
+def _unusual_size(buf: bytes, pos: int, end: int, size: int, kind: bytes, where: str) -> tuple[int, int]:
+    """(box size, header size) of a box whose 32-bit size is below 8: 1 means a 64-bit size
+    follows the type, 0 that the box reaches ``end``; others are invalid."""
+    if size == 1:
+        if end - pos < 16:
+            raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} is cut off")
+        size = UINT64.unpack_from(buf, pos + 8)[0]
+        if size >= 16:
+            return size, 16
+    elif size == 0:
+        return end - pos, 8
+    raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} claims {size} bytes, {end - pos} are left")
+
+
 def _one(children: dict, kind: bytes, where: str, required: bool = True) -> tuple[int, int] | None:
-    found = children.get(kind, [])
-    if len(found) > 1:
+    found = children.get(kind)
+    if found is not None and len(found) == 1:
+        return found[0]
+    if found:
         raise Mp4Unsupported(f"{where}: {len(found)} {kind.decode('latin-1')} boxes")
-    if not found:
-        if required:
-            raise Mp4Unsupported(f"{where}: no {kind.decode('latin-1')} box")
-        return None
-    return found[0]
+    if required:
+        raise Mp4Unsupported(f"{where}: no {kind.decode('latin-1')} box")
+    return None
+
+
+def _entries(buf: bytes, a: int, b: int, width: int, kind: str) -> int:
+    """How many entries of ``width`` bytes the full box ``version/flags, count, entries...`` in
+    ``buf[a:b]`` holds, checked against its size."""
+    if b - a < 8:
+        raise Mp4Unsupported(f"{kind} box too short")
+    count = UINT32.unpack_from(buf, a + 4)[0]
+    if count * width > b - a - 8:
+        raise Mp4Unsupported(f"{kind} box declares {count} entries, holds {(b - a - 8) // width}")
+    return count
 
 
 def _table(buf: bytes, a: int, b: int, entry: np.dtype, kind: str) -> np.ndarray:
     """The entries of a full box ``version/flags, count, entries...`` as a big-endian array."""
-    if b - a < 8:
-        raise Mp4Unsupported(f"{kind} box too short")
-    (count,) = struct.unpack_from(">I", buf, a + 4)
-    width = entry.itemsize
-    if count * width > b - a - 8:
-        raise Mp4Unsupported(f"{kind} box declares {count} entries, holds {(b - a - 8) // width}")
-    return np.frombuffer(buf, dtype=entry, count=count, offset=a + 8)
+    return np.frombuffer(buf, entry, _entries(buf, a, b, entry.itemsize, kind), a + 8)  # positional: half the cost
 
 
 @dataclass
@@ -165,7 +201,7 @@ class Mp4Track:
     time_runs: np.ndarray  # stts: (sample count, duration) rows, uint32, rows with no sample left out
     composition_runs: np.ndarray | None  # ctts: (sample count, offset) rows, int64 (None: no ctts)
     ctts_version: int
-    sync_numbers: np.ndarray | None  # stss: 1-based numbers of the sync samples, uint32 (None: no stss)
+    sync: np.ndarray | None  # stss: whether each sample is a sync sample (None: no stss, every sample is one)
     dependency: np.ndarray | None  # uint8 sdtp byte per sample (None: no sdtp)
     chunk_offsets: np.ndarray  # stco/co64: file offset per chunk, int64
     chunk_samples: np.ndarray  # stsc expanded: samples per chunk, int64
@@ -196,15 +232,6 @@ class Mp4Track:
         """ctts offset per sample, int64 (None: no ctts)."""
         runs = self.composition_runs
         return None if runs is None else np.repeat(runs[:, 1], runs[:, 0])
-
-    @property
-    def sync(self) -> np.ndarray | None:
-        """Whether each sample is a sync sample (None: no stss, every sample is one)."""
-        if self.sync_numbers is None:
-            return None
-        out = np.zeros(self.sample_count, bool)
-        out[self.sync_numbers - 1] = True
-        return out
 
     @property
     def offsets(self) -> np.ndarray:
@@ -254,26 +281,30 @@ class Mp4File:
 
     def samples_within_file(self, track: Mp4Track) -> int:
         """How many samples lie entirely inside the file (fewer than all: a truncated file)."""
-        if all(start + length <= self.size for start, length, _ in track.byte_runs):
-            return track.sample_count  # the usual case, without an offset per sample
-        return int(np.count_nonzero(track.offsets + track.sizes <= self.size))
+        for start, length, _ in track.byte_runs:
+            if start + length > self.size:
+                return int(np.count_nonzero(track.offsets + track.sizes <= self.size))
+        return track.sample_count  # the usual case, without an offset per sample
 
 
 class _FileBytes:
     """Reads of one file, served from its first and last ``EDGE_BYTES`` when they cover them: an
-    episode file's top-level box headers and its index sit there, so most files take two reads."""
+    episode file's top-level box headers and its index sit there, so most files take two reads
+    (one when the index comes first and the media bytes reach the end)."""
 
     def __init__(self, fd: int, size: int):
         self.fd, self.size = fd, size
         self.head = os.pread(fd, min(size, EDGE_BYTES), 0)
         self.tail_start = max(len(self.head), size - EDGE_BYTES)
-        self.tail = os.pread(fd, size - self.tail_start, self.tail_start) if size > self.tail_start else b""
+        self.tail: bytes | None = None  # read when first needed
 
     def read(self, pos: int, n: int) -> bytes:
-        end = min(pos + n, self.size)
+        end = pos + n if pos + n < self.size else self.size
         if end <= len(self.head):
             return self.head[pos:end]
         if pos >= self.tail_start:
+            if self.tail is None:
+                self.tail = os.pread(self.fd, self.size - self.tail_start, self.tail_start)
             return self.tail[pos - self.tail_start:end - self.tail_start]
         return os.pread(self.fd, end - pos, pos)
 
@@ -285,54 +316,60 @@ def read_mp4(path: Path | str) -> Mp4File:
     :class:`Mp4Unsupported` when it is one we do not handle exactly, ``OSError`` when unreadable.
     """
     path = path if isinstance(path, Path) else Path(path)  # Path(Path) re-parses: costly per file
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
+    fd = os.open(path, os.O_RDONLY)  # no file object: its buffer would not be used
+    try:
+        st = os.fstat(fd)
         size = st.st_size
-        data = _FileBytes(f.fileno(), size)
-        top: list[tuple[bytes, int, int, int]] = []  # (type, start, header, size)
+        data = _FileBytes(fd, size)
+        top: list[tuple[bytes, int, int]] = []  # (type, start, size) in file order
+        moovs, moov_box = 0, (0, 0, 0)  # how many, and (start, header, size) of the last
+        ftyp_box = None  # (start, size) of the first
+        fragmented = False
         pos = 0
         while size - pos >= 8:
             head = data.read(pos, 16)
-            box_size, kind = struct.unpack_from(">I4s", head)
+            box_size, kind = BOX_HEADER.unpack_from(head)
             header = 8
             if box_size == 1:
                 if len(head) < 16:
                     break
-                box_size = struct.unpack_from(">Q", head, 8)[0]
+                box_size = UINT64.unpack_from(head, 8)[0]
                 header = 16
             elif box_size == 0:
                 box_size = size - pos
-            if box_size < header or not _plausible_type(kind):
-                if any(k == b"moov" for k, *_ in top):
+            if box_size < header or (kind not in TOP_LEVEL_TYPES and kind.translate(None, TYPE_BYTES)):
+                if moovs:
                     break  # trailing bytes after a complete index: readers ignore them
                 raise Mp4Malformed(f"not an MP4 box structure at byte {pos} (type {kind!r}, size {box_size})")
-            top.append((kind, pos, header, box_size))
+            if kind == b"moov":
+                moovs += 1
+                moov_box = (pos, header, box_size)
+            elif kind == b"ftyp":
+                ftyp_box = ftyp_box or (pos, box_size)
+            elif kind in FRAGMENT_BOXES:
+                fragmented = True
+            top.append((kind, pos, box_size))
             pos += box_size
-        kinds = tuple(k.decode("latin-1") for k, *_ in top)
-        moovs = [(s, h, n) for k, s, h, n in top if k == b"moov"]
+        kinds = tuple([k.decode("latin-1") for k, _, _ in top])
         if not moovs:
-            cut = [k.decode("latin-1") for k, s, h, n in top if s + n > size]
+            cut = [k.decode("latin-1") for k, s, n in top if s + n > size]
             why = f" ({cut[0]} box cut off by the end of the file)" if cut else ""
             raise Mp4Malformed(f"no moov box (the index of the samples){why}; top-level boxes: "
                                f"{', '.join(kinds) or 'none'}")
-        if len(moovs) > 1:
-            raise Mp4Unsupported(f"{len(moovs)} moov boxes")
-        start, header, box_size = moovs[0]
+        if moovs > 1:
+            raise Mp4Unsupported(f"{moovs} moov boxes")
+        start, header, box_size = moov_box
         if start + box_size > size:
             raise Mp4Malformed(f"the moov box is cut off: it claims {box_size} bytes, the file ends "
                                f"{size - start} bytes after its start")
         moov = data.read(start + header, box_size - header)
-        ftyps = [(s, n) for k, s, h, n in top if k == b"ftyp"]
-        ftyp = data.read(*ftyps[0]) if ftyps and ftyps[0][1] <= 4096 else b""
-    fragmented = any(k in FRAGMENT_BOXES for k, *_ in top)
+        ftyp = data.read(*ftyp_box) if ftyp_box and ftyp_box[1] <= 4096 else b""
+    finally:
+        os.close(fd)
     try:
         return _parse_moov(path, size, st.st_mtime_ns, ftyp, moov, fragmented, kinds)
     except (struct.error, ValueError, IndexError) as e:  # a box shorter than its fields
         raise Mp4Unsupported(f"a box inside moov is too short for its fields ({e})") from e
-
-
-def _plausible_type(kind: bytes) -> bool:
-    return all(32 <= c < 127 or c == 0xA9 for c in kind)
 
 
 def _parse_moov(path: Path, size: int, mtime_ns: int, ftyp: bytes, moov: bytes, fragmented: bool,
@@ -347,12 +384,12 @@ def _parse_moov(path: Path, size: int, mtime_ns: int, ftyp: bytes, moov: bytes, 
         timescale, duration = struct.unpack_from(">IQ", moov, a + 20)
     else:
         timescale, duration = struct.unpack_from(">II", moov, a + 12)
-    tracks = [_parse_trak(moov, ta, tb, i) for i, (ta, tb) in enumerate(top.get(b"trak", []))]
+    tracks = [_parse_trak(moov, ta, tb, i, size) for i, (ta, tb) in enumerate(top.get(b"trak", []))]
     return Mp4File(path=path, size=size, mtime_ns=mtime_ns, ftyp=ftyp, movie_timescale=timescale,
                    movie_duration=duration, tracks=tracks, fragmented=fragmented, top_level=kinds)
 
 
-def _parse_trak(buf: bytes, start: int, end: int, index: int) -> Mp4Track:
+def _parse_trak(buf: bytes, start: int, end: int, index: int, file_size: int) -> Mp4Track:
     where = f"track {index + 1}"
     trak = _children(buf, start, end, where)
     a, _ = _one(trak, b"tkhd", where)
@@ -373,9 +410,9 @@ def _parse_trak(buf: bytes, start: int, end: int, index: int) -> Mp4Track:
         elst = _one(_children(buf, edts[0], edts[1], where), b"elst", where, required=False)
         if elst is not None:
             ea, eb = elst
-            ev = buf[ea]
-            table = _table(buf, ea, eb, LONG_EDITS if ev == 1 else EDITS, "elst")
-            edits = [(int(d), int(m), int(r)) for d, m, r in table.tolist()]
+            entry = LONG_EDIT if buf[ea] == 1 else EDIT
+            count = _entries(buf, ea, eb, entry.size, "elst")
+            edits = list(entry.iter_unpack(buf[ea + 8:ea + 8 + count * entry.size]))
 
     ma, mb = _one(trak, b"mdia", where)
     mdia = _children(buf, ma, mb, where)
@@ -399,9 +436,9 @@ def _parse_trak(buf: bytes, start: int, end: int, index: int) -> Mp4Track:
     stsd = bytes(buf[stsd_start:stsd_b])
     entries = struct.unpack_from(">I", buf, stsd_a + 4)[0]
     fourcc, width, height, config_type, config, btrt_at = b"", 0, 0, b"", b"", -1
-    first = next(_boxes(buf, stsd_a + 8, stsd_b, f"{where} stsd"), None)
-    if first is not None:
-        fourcc, _, ea, eb = first
+    first = _boxes(buf, stsd_a + 8, stsd_b, f"{where} stsd", limit=1)
+    if first:
+        fourcc, _, ea, eb = first[0]
         if handler == b"vide" and eb - ea >= 78:
             # visual sample entry: 24 bytes of fields, width, height, 50 more bytes, then boxes
             width, height = struct.unpack_from(">HH", buf, ea + 24)
@@ -417,6 +454,10 @@ def _parse_trak(buf: bytes, start: int, end: int, index: int) -> Mp4Track:
         za, zb = sz
         sample_size, count = struct.unpack_from(">II", buf, za + 4)
         if sample_size:
+            # a count the file cannot hold would have np.full allocate up to 16 GiB
+            if count * sample_size > file_size:
+                raise Mp4Unsupported(f"{where}: stsz declares {count} samples of {sample_size} bytes, "
+                                     f"more than the file's {file_size} bytes")
             sizes = np.full(count, sample_size, np.uint32)
         else:
             if count * 4 > zb - za - 12:
@@ -437,27 +478,28 @@ def _parse_trak(buf: bytes, start: int, end: int, index: int) -> Mp4Track:
             raise Mp4Unsupported(f"{where}: stz2 field size {field_size}")
     n = len(sizes)
 
-    stts = _table(buf, *_one(stbl, b"stts", where), RUNS, "stts")
-    if int(stts["count"].sum(dtype=np.int64)) != n:
-        raise Mp4Unsupported(f"{where}: stts covers {int(stts['count'].sum(dtype=np.int64))} samples, stsz has {n}")
-    time_runs = _native_runs(stts, np.uint32)
+    time_runs = _runs(buf, *_one(stbl, b"stts", where), "stts", np.uint32, n, where)
 
     composition_runs, ctts_version = None, 0
     ct = _one(stbl, b"ctts", where, required=False)
     if ct is not None:
         ctts_version = buf[ct[0]]
-        ctts = _table(buf, *ct, SIGNED_RUNS if ctts_version == 1 else RUNS, "ctts")
-        covered = int(ctts["count"].sum(dtype=np.int64))
-        if covered != n:
-            raise Mp4Unsupported(f"{where}: ctts covers {covered} samples, stsz has {n}")
-        composition_runs = _native_runs(ctts, np.int64)
+        composition_runs = _runs(buf, *ct, "ctts", np.int64, n, where)
+        if ctts_version == 1:  # the offsets are signed: sign-extend the 32-bit values
+            composition_runs[:, 1] = (composition_runs[:, 1] ^ 0x80000000) - 0x80000000
 
-    sync_numbers = None
+    sync = None
     ss = _one(stbl, b"stss", where, required=False)
     if ss is not None:
-        sync_numbers = _table(buf, *ss, U32, "stss").astype(np.uint32)
-        if len(sync_numbers) and (sync_numbers.min() < 1 or sync_numbers.max() > n):
+        numbered = np.zeros(n + 1, bool)  # by sample number: 0 names no sample
+        try:
+            numbered[_table(buf, *ss, U32, "stss").astype(np.intp)] = True  # native indices: twice as fast
+            valid = not numbered[0]
+        except IndexError:  # a number over n
+            valid = False
+        if not valid:
             raise Mp4Unsupported(f"{where}: stss names samples outside 1..{n}")
+        sync = numbered[1:]
 
     dependency = None
     dt = _one(stbl, b"sdtp", where, required=False)
@@ -467,16 +509,26 @@ def _parse_trak(buf: bytes, start: int, end: int, index: int) -> Mp4Track:
     co = _one(stbl, b"co64", where, required=False)
     chunk_offsets = (_table(buf, *co, U64, "co64") if co is not None
                      else _table(buf, *_one(stbl, b"stco", where), U32, "stco")).astype(np.int64)
-    stsc = _table(buf, *_one(stbl, b"stsc", where), CHUNK_RUNS, "stsc")
-    chunk_samples, indices = _chunk_samples(stsc, len(chunk_offsets), n, where)
+    ca, cb = _one(stbl, b"stsc", where)
+    n_chunks = len(chunk_offsets)
+    if _entries(buf, ca, cb, STSC_ENTRY.size, "stsc") == 1 and UINT32.unpack_from(buf, ca + 8)[0] == 1:
+        # what FFmpeg writes for equal chunks: checked from its three numbers
+        _, per_chunk, description = STSC_ENTRY.unpack_from(buf, ca + 8)
+        if per_chunk * n_chunks != n:
+            raise Mp4Unsupported(f"{where}: the chunks hold {per_chunk * n_chunks} samples, stsz has {n}")
+        chunk_samples, indices = np.empty(n_chunks, np.int64), (description,)
+        chunk_samples.fill(per_chunk)  # np.full is Python code around these two calls
+    else:
+        chunk_samples, indices = _chunk_samples(_table(buf, ca, cb, CHUNK_RUNS, "stsc"), n_chunks, n, where)
 
-    other = tuple(sorted(k.decode("latin-1") for k in stbl if k not in SAMPLE_TABLES))
+    others = stbl.keys() - SAMPLE_TABLES
+    other = tuple(sorted(k.decode("latin-1") for k in others)) if others else ()
     return Mp4Track(
         track_id=track_id, handler=handler, timescale=timescale, media_duration=media_duration,
         language=language, tkhd_matrix=matrix, tkhd_width=tkhd_width, tkhd_height=tkhd_height,
         edits=edits, has_edts=edts is not None, stsd=stsd, btrt_at=btrt_at, sample_entries=entries, fourcc=fourcc,
         width=width, height=height, config_type=config_type, config=config, sizes=sizes, time_runs=time_runs,
-        composition_runs=composition_runs, ctts_version=ctts_version, sync_numbers=sync_numbers,
+        composition_runs=composition_runs, ctts_version=ctts_version, sync=sync,
         dependency=dependency, chunk_offsets=chunk_offsets, chunk_samples=chunk_samples,
         description_indices=indices, other_tables=other, self_contained=self_contained,
     )
@@ -489,26 +541,40 @@ def _self_contained(buf: bytes, minf: dict, where: str) -> bool:
     dref = _one(_children(buf, dinf[0], dinf[1], where), b"dref", where, required=False)
     if dref is None:
         return True
-    entries = list(_boxes(buf, dref[0] + 8, dref[1], f"{where} dref"))
+    entries = _boxes(buf, dref[0] + 8, dref[1], f"{where} dref")
     # flag 1 on a 'url ' entry: the media data is in this file
     return len(entries) == 1 and entries[0][0] in (b"url ", b"urn ") and buf[entries[0][2] + 3] & 1 == 1
 
 
-def _native_runs(table: np.ndarray, value_type) -> np.ndarray:
-    """(count, value) rows of a big-endian run table in native integers, empty runs left out."""
-    keep = table["count"] > 0
-    out = np.empty((int(np.count_nonzero(keep)), 2), value_type)
-    out[:, 0], out[:, 1] = table["count"][keep], table["value"][keep]
-    return out
+def _runs(buf: bytes, a: int, b: int, kind: str, value_type, n: int, where: str) -> np.ndarray:
+    """(sample count, value) rows of an stts or ctts box in native integers, runs of no sample
+    left out, after checking that they cover the track's ``n`` samples."""
+    rows = _table(buf, a, b, RUNS, kind).astype(value_type)
+    counts = rows[:, 0]
+    covered = _total(counts)
+    if covered != n:
+        raise Mp4Unsupported(f"{where}: {kind} covers {covered} samples, stsz has {n}")
+    return rows if np.count_nonzero(counts) == len(rows) else rows[counts > 0]
+
+
+def _total(values: np.ndarray) -> int:
+    """The exact sum of unsigned ``values``: a short table (often a single run) through Python
+    integers, which costs a fraction of a numpy reduction."""
+    return sum(values.tolist()) if len(values) <= SHORT_TABLE else int(values.sum(dtype=np.uint64))
+
+
+def _run_total(runs: np.ndarray) -> int:
+    """The exact sum of count x value over unsigned (count, value) rows: the samples' summed durations."""
+    if len(runs) <= SHORT_TABLE:
+        total = 0
+        for count, value in runs.tolist():
+            total += count * value
+        return total
+    return int(runs[:, 0].astype(np.uint64) @ runs[:, 1].astype(np.uint64))
 
 
 def _chunk_samples(stsc: np.ndarray, n_chunks: int, n: int, where: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """Samples per chunk from the stsc runs, and the sample description indices they use."""
-    if len(stsc) == 1 and stsc[0]["first_chunk"] == 1:  # what FFmpeg writes for equal chunks: checked faster
-        per_chunk, description = int(stsc[0]["samples"]), int(stsc[0]["description"])
-        if per_chunk * n_chunks != n:
-            raise Mp4Unsupported(f"{where}: the chunks hold {per_chunk * n_chunks} samples, stsz has {n}")
-        return np.full(n_chunks, per_chunk, np.int64), (description,)
     first = stsc["first_chunk"].astype(np.int64)
     if len(first) == 0:
         if n:
@@ -552,24 +618,32 @@ def _decode_times(durations: np.ndarray, shift: int) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, slots=True)  # not frozen: a frozen dataclass sets every field through object.__setattr__
 class Timeline:
     """The packets FFmpeg's demuxer returns for a track, in the track's time base (1/timescale).
 
     Per sample, for the one file being looked at: a camera's checked sources keep their
-    :class:`Part` instead. Only the shift is stored; dts and pts are computed when asked for."""
+    :class:`Part` instead. Only the duration runs and the shift are stored; durations, dts and
+    pts are computed when asked for."""
 
-    durations: np.ndarray  # stts duration per packet (the track's array)
+    time_runs: np.ndarray  # stts (samples, duration) rows (the track's array)
     composition: np.ndarray | None  # ctts offset per packet (the track's array; None: pts = dts)
     shift: int  # subtracted from the table's decode and composition times
     keyframes: np.ndarray  # bool
     disposable: np.ndarray | None  # bool: no other frame depends on it (sdtp); None: none is
     start: int  # the stream's start time (pts of the first packet, the smallest)
     duration: int  # the stream's duration as FFmpeg reports it
+    total: int  # the packet durations summed
+    end: int  # the latest presentation time + duration
 
     @property
     def frames(self) -> int:
-        return len(self.durations)
+        return len(self.keyframes)
+
+    @property
+    def durations(self) -> np.ndarray:
+        """Duration of each packet (uint32)."""
+        return np.repeat(self.time_runs[:, 1], self.time_runs[:, 0])
 
     @property
     def dts(self) -> np.ndarray:
@@ -595,18 +669,26 @@ def demuxed_timeline(movie: Mp4File, track: Mp4Track) -> Timeline:
     n = track.sample_count
     if n == 0:
         raise Mp4Unsupported("the track has no samples")
-    deltas = track.deltas
-    if int(deltas.min()) <= 0:
+    runs = track.time_runs  # unsigned, a sample or more each (n > 0: at least one)
+    if np.count_nonzero(runs[:, 1]) < len(runs):
         raise Mp4Unsupported("a sample with zero duration (stts)")
     cts = track.composition
     if cts is not None and int(cts.min()) < 0:
         raise Mp4Unsupported("negative composition offsets (ctts version 1)")
-    sync = track.sync
-    keyframes = sync if sync is not None else np.ones(n, bool)
-    timeline = Timeline(durations=deltas, composition=cts, shift=0, keyframes=keyframes, disposable=None,
-                        start=0, duration=0)
-    pts = timeline.pts
-    first_pts = int(pts[0])
+    total = _run_total(runs)
+    keyframes = track.sync if track.sync is not None else np.ones(n, bool)
+    if cts is None:
+        # pts = dts, which increase (every duration is positive): the first sample is presented
+        # first, the last one last, and each one ends where the next starts. No per-sample
+        # times are needed.
+        pts = deltas = None
+        first_pts, last_pts, end_pts = 0, total - int(runs[-1, 1]), total
+    else:
+        deltas = track.deltas
+        pts = _decode_times(deltas, 0)
+        pts += cts
+        ends = pts + deltas  # each sample's presentation end
+        first_pts, last_pts, end_pts = int(pts[0]), int(pts.max()), int(ends.max())
     disposable = None
     if track.dependency is not None:
         dep = track.dependency
@@ -614,9 +696,9 @@ def demuxed_timeline(movie: Mp4File, track: Mp4Track) -> Timeline:
         if len(dep) != n or not np.array_equal(dep & ~np.uint8(DISPOSABLE), canonical):
             raise Mp4Unsupported("sdtp values other than FFmpeg's (sync / depends / disposable)")
         disposable = (dep & DISPOSABLE) != 0
-    if n > 1 and first_pts >= int(pts[1:].min()):
+    if pts is not None and n > 1 and first_pts >= int(pts[1:].min()):
         raise Mp4Unsupported("the first sample is not the first one presented")
-    duration = min(track.media_duration, int(deltas.sum()))
+    duration = min(track.media_duration, total)
     shift = 0
     if track.has_edts or track.edits:
         if len(track.edits) != 1:
@@ -627,26 +709,24 @@ def demuxed_timeline(movie: Mp4File, track: Mp4Track) -> Timeline:
                                  f"rate {rate / 65536:g})")
         span = _rescale_nearest(segment, track.timescale, movie.movie_timescale)
         end = media_time + span
-        if first_pts < media_time or int(pts.max()) >= end:
+        if first_pts < media_time or last_pts >= end:
             raise Mp4Unsupported("the edit list cuts samples off")
         if not keyframes[0]:
             raise Mp4Unsupported("the edit list starts on a sample that is not a sync sample")
         # FFmpeg stops reading the table at the first (with ctts: second) sync sample whose
-        # presentation reaches the end of the edit; later samples would be dropped.
-        last_end = int(pts[-1]) + span
-        ends = pts  # each sample's presentation end, in place: pts is not used after this
-        ends += deltas
-        ends[-1] = last_end
-        reaching = np.flatnonzero(keyframes & (ends >= end))
-        stop_at = 1 if cts is not None else 0
-        if len(reaching) > stop_at and int(reaching[stop_at]) < n - 1:
-            raise Mp4Unsupported("the edit list ends before the last samples")
+        # presentation reaches the end of the edit; later samples would be dropped. Without
+        # ctts only the last sample can: the others end where a later one starts, before it.
+        if pts is not None:
+            ends[-1] = int(pts[-1]) + span  # the last sample is taken to last the edit's span
+            reaching = np.flatnonzero(keyframes & (ends >= end))
+            if len(reaching) > 1 and int(reaching[1]) < n - 1:
+                raise Mp4Unsupported("the edit list ends before the last samples")
         shift = first_pts  # FFmpeg moves the first presented frame to 0
         duration = min(duration, span)
     if duration <= 0:
         raise Mp4Unsupported("the track has no duration")
-    return Timeline(durations=deltas, composition=cts, shift=shift, keyframes=keyframes, disposable=disposable,
-                    start=first_pts - shift, duration=int(duration))
+    return Timeline(time_runs=runs, composition=cts, shift=shift, keyframes=keyframes, disposable=disposable,
+                    start=first_pts - shift, duration=int(duration), total=total, end=end_pts - shift)
 
 
 def presentation_times(path: Path | str) -> tuple[np.ndarray, float, int, int]:
@@ -752,10 +832,10 @@ def _shared_header(*fields) -> TrackHeader:
 
 def _compact(values: np.ndarray, limit: int, small, large) -> np.ndarray:
     """``values`` (none negative) as ``small`` when all are at most ``limit``, else as ``large``."""
-    return values.astype(small if int(values.max(initial=0)) <= limit else large, copy=False)
+    return values.astype(small if int(np.maximum.reduce(values, initial=0)) <= limit else large, copy=False)
 
 
-@dataclass(frozen=True, eq=False, slots=True)
+@dataclass(eq=False, slots=True)  # not frozen, as Timeline: one is made per source
 class Part:
     """One checked source file as it goes into an output file: what planning and copying need,
     in compact form. A camera holds one per episode from the check of every source until its
@@ -786,19 +866,21 @@ class Part:
         header = _shared_header(track.timescale, track.language, track.tkhd_matrix, track.tkhd_width,
                                 track.tkhd_height, movie.ftyp, _stsd_without_bit_rates(track), at)
         cts = timeline.composition
-        durations = timeline.durations
         keyframes, disposable = timeline.keyframes, timeline.disposable
+        byte_runs = tuple(track.byte_runs)
+        payload = 0  # the runs hold every sample once
+        for _, length, _ in byte_runs:
+            payload += length
         return cls(
             path=movie.path, size=movie.size, mtime_ns=movie.mtime_ns, header=header,
-            bit_rate=int(track.sizes.sum(dtype=np.int64)) * 8 * track.timescale // int(durations.sum(dtype=np.int64)),
+            bit_rate=payload * 8 * track.timescale // timeline.total,
             sizes=_compact(track.sizes, 0xFFFF, np.uint16, np.uint32),
             time_runs=track.time_runs,
             composition=_compact(cts, INT32_MAX, np.int32, np.int64) if cts is not None and cts.any() else None,
-            sync=None if keyframes.all() else np.packbits(keyframes),
+            sync=None if np.count_nonzero(keyframes) == len(keyframes) else np.packbits(keyframes),
             disposable=np.packbits(disposable) if disposable is not None and disposable.any() else None,
-            byte_runs=tuple(track.byte_runs), shift=timeline.shift, start=timeline.start,
-            duration=timeline.duration, last_dts=int(durations[:-1].sum(dtype=np.int64)) - timeline.shift,
-            end=int((timeline.pts + durations).max()),
+            byte_runs=byte_runs, shift=timeline.shift, start=timeline.start, duration=timeline.duration,
+            last_dts=timeline.total - int(timeline.time_runs[-1, 1]) - timeline.shift, end=timeline.end,
         )
 
     @property
@@ -858,8 +940,8 @@ def plan_concatenation(parts: list[Part]) -> ConcatPlan:
 
     Raises :class:`Mp4Unsupported` when the parts cannot share one sample description or the
     shifted decode times would not increase (the muxer would refuse those packets). The tables
-    are built from the parts' runs where the file stores runs, and per sample straight into the
-    big-endian array the file holds (stsz, stss, sdtp) otherwise.
+    are built from the parts' runs where the file stores runs, and per sample with one numpy
+    call per part at most (stsz, stss, sdtp) otherwise.
     """
     if not parts:
         raise ValueError("nothing to concatenate")
@@ -921,22 +1003,19 @@ def plan_concatenation(parts: list[Part]) -> ConcatPlan:
     payload = int(run_lengths.sum())
     stbl = [_with_bit_rates(first, payload, track_duration)]
     stbl.append(_full_box(b"stts", 0, 0, struct.pack(">I", len(stts_counts)), _pairs(stts_counts, stts_values)))
-    key_counts = [p.key_count() for p in parts]
-    n_key = sum(key_counts)
-    if 0 < n_key < n:
-        numbers = np.empty(n_key, ">u4")
-        at = 0
-        for p, base, keys in zip(parts, firsts, key_counts):
-            numbers[at:at + keys] = np.flatnonzero(p.keyframes()) + (base + 1)
-            at += keys
-        stbl.append(_full_box(b"stss", 0, 0, struct.pack(">I", n_key), numbers))
+    # the key frames of the whole file, each part's unpacked once (None: every frame is one)
+    keyframes = np.concatenate([p.keyframes() for p in parts]) if any(p.sync is not None for p in parts) else None
+    if keyframes is not None:
+        numbers = np.flatnonzero(keyframes)
+        if 0 < len(numbers) < n:
+            numbers += 1
+            stbl.append(_full_box(b"stss", 0, 0, struct.pack(">I", len(numbers)), numbers.astype(">u4")))
     if any(p.disposable is not None for p in parts):  # the muxer writes sdtp when a packet is flagged disposable
-        dependency = np.empty(n, np.uint8)
+        dependency = (np.full(n, SYNC_DEPENDENCY, np.uint8) if keyframes is None else
+                      np.where(keyframes, np.uint8(SYNC_DEPENDENCY), np.uint8(OTHER_DEPENDENCY)))
         for p, base in zip(parts, firsts):
-            flags = dependency[base:base + p.frames]
-            flags[:] = np.where(p.keyframes(), SYNC_DEPENDENCY, OTHER_DEPENDENCY)
             if p.disposable is not None:
-                flags |= np.unpackbits(p.disposable, count=p.frames) * np.uint8(DISPOSABLE)
+                dependency[base:base + p.frames] |= np.unpackbits(p.disposable, count=p.frames) * np.uint8(DISPOSABLE)
         stbl.append(_full_box(b"sdtp", 0, 0, dependency))
     if any(p.composition is not None for p in parts):
         counts, values = [], []
@@ -957,13 +1036,10 @@ def plan_concatenation(parts: list[Part]) -> ConcatPlan:
     stsc_rows = np.empty((len(counts), 3), ">u4")
     stsc_rows[:, 0], stsc_rows[:, 1], stsc_rows[:, 2] = first_chunks, per_chunk, 1
     stbl.append(_full_box(b"stsc", 0, 0, struct.pack(">I", len(counts)), stsc_rows))
-    smallest = min(int(p.sizes.min()) for p in parts)
-    if smallest == max(int(p.sizes.max()) for p in parts):
-        stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", smallest, n)))
+    sizes = np.concatenate([p.sizes for p in parts], dtype=">u4")
+    if sizes.min() == sizes.max():  # one size for all: no table
+        stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", int(sizes[0]), n)))
     else:
-        sizes = np.empty(n, ">u4")
-        for p, base in zip(parts, firsts):
-            sizes[base:base + p.frames] = p.sizes
         stbl.append(_full_box(b"stsz", 0, 0, struct.pack(">II", 0, n), sizes))
 
     def co64(data_start: int) -> list:
@@ -1040,14 +1116,17 @@ def write_concatenation(path: Path | str, plan: ConcatPlan, check_cancel=None) -
         dst = out.fileno()
         kernel = hasattr(os, "copy_file_range")
         for part in plan.parts:
-            with open(part.path, "rb") as src:
-                st = os.fstat(src.fileno())
-                if (st.st_size, st.st_mtime_ns) != (part.size, part.mtime_ns):
+            src = os.open(part.path, os.O_RDONLY)  # no file object: its buffer would not be used
+            try:
+                st = os.fstat(src)
+                if st.st_size != part.size or st.st_mtime_ns != part.mtime_ns:
                     raise SourceChanged(part.path, f"changed since it was checked: {part.size} -> "
                                                    f"{st.st_size} bytes, modification time "
                                                    f"{part.mtime_ns} -> {st.st_mtime_ns} ns")
                 for offset, length, _ in part.byte_runs:
-                    kernel = _copy_run(src.fileno(), dst, offset, length, kernel, check_cancel, part.path)
+                    kernel = _copy_run(src, dst, offset, length, kernel, check_cancel, part.path)
+            finally:
+                os.close(src)
         written = os.fstat(dst).st_size
         if written != plan.size:
             raise OSError(f"{path}: wrote {written} bytes, {plan.size} planned")

@@ -96,7 +96,9 @@ class StreamParams:
         return changes
 
 
-@dataclass(frozen=True, slots=True)  # slots: a camera holds one per episode until its files are written
+# slots: a camera holds one per episode until its files are written; not frozen: a frozen
+# dataclass sets each field through object.__setattr__, which doubles the cost of making one
+@dataclass(slots=True)
 class SourceVideo:
     """One episode MP4 of one camera, as checked."""
 
@@ -346,7 +348,11 @@ def probe_camera(rec: Recording, video_key: str, cancel: threading.Event | None 
 
 def new_file_flags(sources: list[SourceVideo]) -> list[bool]:
     """True where an episode cannot be stream-copied into the file of the episode before it."""
-    return [i > 0 and sources[i].params != sources[i - 1].params for i in range(len(sources))]
+    flags = [False] * len(sources)
+    for i in range(1, len(sources)):
+        before, params = sources[i - 1].params, sources[i].params
+        flags[i] = params is not before and params != before  # usually one shared object: no field compare
+    return flags
 
 
 # ----------------------------------------------------------------------------- writing
@@ -464,10 +470,11 @@ def copy_camera(
         final = Path(dataset_root) / video_file(video_key, slot.chunk_index, slot.file_index)
         if result.remux_reason is None:
             begins, frames = _write_box_file(final, [sources[i].part for i in members], cancel)
-            tb = sources[members[0]].params.time_base
-            for i, begin in zip(members, begins):
-                result.from_s[i] = begin * tb
-                result.to_s[i] = result.from_s[i] + sources[i].duration_s
+            tb = sources[members[0]].params.time_base  # the sources of one file share their parameters
+            num, den = tb.numerator, tb.denominator
+            for i, begin in zip(members, begins):  # one Fraction each: their arithmetic is the costly part
+                result.from_s[i] = Fraction(begin * num, den)
+                result.to_s[i] = Fraction((begin + sources[i].duration) * num, den)
             result.frames += frames
         else:
             with _OutputFile(final, cancel) as out:
