@@ -201,3 +201,19 @@ def test_data_file_not_listed_in_episodes_jsonl(make_sample):
     err = refused(root, "unlisted_data_file")
     assert err.path == root / "data/chunk-000/episode_000001.parquet"
     assert "not listed in meta/episodes.jsonl (1 episodes)" in err.fault
+
+
+def test_stats_lines_are_read_again_when_used_and_checked_again(make_sample):
+    """The model does not hold episodes_stats.jsonl (4 MiB at 2000 episodes); the copy reads it
+    again, and a file changed since read_recording fails the same check."""
+    from dorobot_assets.lib.stats import copy_source_stats
+
+    src = make_sample("rec", lengths=[5, 6])
+    rec = read_recording(src)
+    assert copy_source_stats(rec).num_rows == 2
+    path = src / "meta/episodes_stats.jsonl"
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(RecordingError) as err:
+        copy_source_stats(rec)
+    assert (err.value.code, err.value.path, err.value.fault) == (
+        "stats_mismatch", path, "has stats for 1 episodes, episodes.jsonl lists 2")

@@ -118,8 +118,7 @@ class Recording:
     features: dict[str, Feature]
     tasks: list[str]  # position == task_index
     episodes: list[Episode]
-    # each episode's episodes_stats.jsonl line, as text (position == episode_index); None for v2.0
-    episodes_stats_lines: list[str] | None
+    has_episodes_stats: bool  # meta/episodes_stats.jsonl exists (v2.1) and was checked
     data_schema: pa.Schema
     dorobot_meta_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # quirks handled while reading
@@ -128,13 +127,22 @@ class Recording:
     source_fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
-    def episodes_stats(self) -> Sequence[dict] | None:
-        """The v2.1 per-episode stats; an episode's dict is parsed when it is read. Kept as text
-        because the model stays in memory through every step: 4 MiB instead of ~20 MiB of Python
-        objects (and a quick unpickle) for 2000 episodes."""
-        if self.episodes_stats_lines is None:
+    def episodes_stats_lines(self) -> list[str] | None:
+        """Each episode's line of episodes_stats.jsonl as text (position == episode_index), None
+        for v2.0. Read from the file again on each access and checked as read_recording checked
+        it: only the episode_stats step needs them, and the model, which stays in memory through
+        every step, held 4.4 MiB of them at 2000 episodes. A file changed since read_recording
+        fails the same checks, or changes the fingerprint that info verifies before publishing."""
+        if not self.has_episodes_stats:
             return None
-        return ParsedJsonList(self.episodes_stats_lines, "stats")
+        return _episode_stats_texts(self.root / EPISODES_STATS_FILE, len(self.episodes))
+
+    @property
+    def episodes_stats(self) -> Sequence[dict] | None:
+        """The v2.1 per-episode stats; an episode's dict is parsed when it is read (text is ~5x
+        smaller than the Python objects)."""
+        lines = self.episodes_stats_lines
+        return None if lines is None else ParsedJsonList(lines, "stats")
 
     @property
     def is_dorobot(self) -> bool:
@@ -367,16 +375,9 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
 
     # episodes_stats.jsonl (absent in v2.0)
     stats_path = root / EPISODES_STATS_FILE
-    episodes_stats = None
-    if stats_path.exists():
-        st_lines = _read_stats_lines(stats_path)
-        st_lines.sort(key=lambda r: r[0])
-        if [e for e, _ in st_lines] != ep_indices:
-            raise _fail(
-                "stats_mismatch", stats_path,
-                f"has stats for {len(st_lines)} episodes, episodes.jsonl lists {len(ep_rows)}",
-            )
-        episodes_stats = [text for _, text in st_lines]
+    has_stats = stats_path.exists()
+    if has_stats:
+        _episode_stats_texts(stats_path, len(ep_rows))  # checked now, before anything is written
     elif version == "v2.1":
         raise _fail("stats_missing", stats_path, "file is missing (required in v2.1)")
 
@@ -555,7 +556,7 @@ def read_recording(root: Path | str, *, missing_cameras: str = "error") -> Recor
     assert schema0 is not None
     return Recording(
         root=root, info=info, version=version, fps=float(info["fps"]), chunks_size=chunks_size,
-        features=features, tasks=tasks, episodes=episodes, episodes_stats_lines=episodes_stats,
+        features=features, tasks=tasks, episodes=episodes, has_episodes_stats=has_stats,
         data_schema=schema0, dorobot_meta_files=dorobot_meta, notes=notes, dropped_features=dropped,
     )
 
@@ -628,6 +629,15 @@ def _read_stats_lines(path: Path) -> list[tuple[int, str]]:
     return [(row["episode_index"], json.dumps(row)) for row in rows]
 
 
+def _episode_stats_texts(path: Path, episodes: int) -> list[str]:
+    """The lines of episodes_stats.jsonl in episode order, one per episode 0..episodes-1."""
+    lines = _read_stats_lines(path)
+    lines.sort(key=lambda r: r[0])
+    if [e for e, _ in lines] != list(range(episodes)):
+        raise _fail("stats_mismatch", path, f"has stats for {len(lines)} episodes, episodes.jsonl lists {episodes}")
+    return [text for _, text in lines]
+
+
 def _timestamp_offset(column: pa.ChunkedArray, fps: float) -> float:
     """The constant by which an episode's timestamps exceed ``frame / fps`` (0.0 when they start
     at 0, or when they are irregular: validation reports those, we do not guess a fix)."""
@@ -696,7 +706,7 @@ def read_episode_data(rec: Recording, episode_index: int, columns: list[str] | N
     return table
 
 
-MODEL_VERSION = 3  # bump when Recording's fields change: older cached pickles are then rebuilt
+MODEL_VERSION = 4  # bump when Recording's fields change: older cached pickles are then rebuilt
 
 # The model last returned by read_recording_cached in this process. With the in-process executor
 # every asset of a run asks for it: unpickling a 2000-episode model costs 0.3-1 s (its
