@@ -183,6 +183,19 @@ def test_grid_bins_filled_in_chunks_equal_each_dimensions_bins_on_its_final_grid
         assert vmax[part].tolist() == [x[cell == c].max() for c in cells]
 
 
+def test_grid_bins_keep_a_constant_dimension_of_huge_values_in_its_own_bin():
+    # a constant beyond 2**53 (a nanosecond clock): bins were once numbered across dimensions in
+    # float64, where it rounded into the previous dimension's bins
+    values = np.stack([np.arange(50, dtype=np.float64), np.full(50, 1.5987981398101793e18)])
+    bins = S.GridBins()
+    bins.add(values[:, :20] + 1000)
+    bins.clear()  # reused for other values, with shared buffers
+    bins.add(values, S.ChunkBuffers(0, 50))
+    count, vmin, vmax, offsets = bins.bins()
+    assert offsets.tolist() == [0, 50, 51] and count.tolist() == [1] * 50 + [50]
+    assert vmin.tolist() == vmax.tolist() == values[0].tolist() + [values[1, 0]]
+
+
 def _column(values, typ) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array(values, typ)])
 

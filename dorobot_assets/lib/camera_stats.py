@@ -23,6 +23,7 @@ and a second per process), and fork is unsafe in a process with threads.
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 import pickle
 import queue
@@ -47,8 +48,6 @@ CHANNELS = 3
 # LeRobot strides frames whose larger side is at least this many pixels (notes §4.3).
 DOWNSAMPLE_MIN_SIDE = 300
 DOWNSAMPLE_TARGET = 150
-# Frames counted with one np.bincount call: amortises the (3 x 65536)-bin result over frames.
-FRAMES_PER_COUNT = 4
 # Jobs per batch sent to a helper: a round trip costs ~1 ms, a job (one mp4) ~0.1 s; small
 # batches let the threads finish together.
 MAX_JOBS_PER_BATCH = 8
@@ -208,18 +207,17 @@ def decoded_frames(path: Path, needed: Sequence[int], length: int, counts: Decod
 class LevelCounter:
     """Per-channel counts of the 256 levels of RGB frames.
 
-    Each uint8 pixel value would cost np.bincount a cast and a counting step; counting the
-    frame's bytes in pairs (as little-endian uint16) halves both. An RGB byte stream has period
-    three pairs: (R0 G0) (B0 R1) (G1 B1), so pair k goes to histogram ``k mod 3`` of 65536 bins and
-    the channel counts are that histogram's marginals. Frames are counted FRAMES_PER_COUNT at a
-    time, so the (3 x 65536)-bin result is added up once per group."""
+    Each uint8 pixel value would cost a cast and a counting step; counting the frame's bytes in
+    pairs (as little-endian uint16) halves both. An RGB byte stream has period three pairs:
+    (R0 G0) (B0 R1) (G1 B1), so pair k goes to histogram ``k mod 3`` of 65536 bins and the channel
+    counts are that histogram's marginals. Pairs are counted into the histogram in place
+    (``np.add.at``): ~15% faster per frame than ``np.bincount``, whose (3 x 65536)-bin result
+    (1.5 MiB per decoding thread) was then added to it."""
 
     def __init__(self):
         self._pairs = np.zeros(CHANNELS * 65536, np.int64)
         self._single = np.zeros((CHANNELS, PIXEL_LEVELS), np.int64)
-        self._phase: np.ndarray | None = None  # pair k -> (k mod 3) * 65536, for one frame size
-        self._buffer: np.ndarray | None = None
-        self._filled = 0
+        self._index: np.ndarray | None = None  # a frame's pairs' histogram bins
 
     def add(self, rgb: np.ndarray, weight: int = 1) -> None:
         pixels = np.ascontiguousarray(rgb).reshape(-1, CHANNELS)
@@ -229,36 +227,23 @@ class LevelCounter:
         if not len(pixels):
             return
         pairs = pixels.reshape(-1).view("<u2")
-        if weight != 1:
-            self._pairs += weight * np.bincount(pairs + self._phases(len(pairs)), minlength=len(self._pairs))
-            return
-        if self._buffer is not None and len(self._buffer) != FRAMES_PER_COUNT * len(pairs):
-            self._flush()
-            self._buffer = None
-        if self._buffer is None:
-            self._buffer = np.empty(FRAMES_PER_COUNT * len(pairs), np.intp)
-        n = len(pairs)
-        np.add(pairs, self._phases(n), out=self._buffer[self._filled * n:(self._filled + 1) * n])
-        self._filled += 1
-        if self._filled == FRAMES_PER_COUNT:
-            self._flush()
+        if self._index is None or len(self._index) != len(pairs):
+            self._index = np.empty(len(pairs), np.intp)
+        np.add(pairs, self._phases(len(pairs)), out=self._index)
+        np.add.at(self._pairs, self._index, weight)
 
-    def _phases(self, n: int) -> np.ndarray:
-        if self._phase is None or len(self._phase) != n:
-            self._phase = (np.arange(n, dtype=np.intp) % CHANNELS) * 65536
-        return self._phase
-
-    def _flush(self) -> None:
-        if self._filled:
-            n = len(self._buffer) // FRAMES_PER_COUNT
-            self._pairs += np.bincount(self._buffer[:self._filled * n], minlength=len(self._pairs))
-            self._filled = 0
+    @staticmethod
+    @functools.lru_cache(maxsize=4)
+    def _phases(n: int) -> np.ndarray:
+        """Pair k -> (k mod 3) * 65536, for frames of n pairs; read-only, shared by the threads."""
+        phase = (np.arange(n, dtype=np.intp) % CHANNELS) * 65536
+        phase.flags.writeable = False
+        return phase
 
     def take(self) -> np.ndarray:
         """(3, 256) int64: per channel (R, G, B), how many pixels had each level; the counter
         starts again from zero (its buffers are kept: allocating them per video costs more
         than counting a frame)."""
-        self._flush()
         h = self._pairs.reshape(CHANNELS, 256, 256)  # [pair phase, high byte, low byte]
         first, second = h.sum(axis=1), h.sum(axis=2)  # low byte (first in memory), high byte
         out = self._single.copy()
@@ -436,11 +421,11 @@ class HelperProcess:
         self.proc.stdout.close()
 
 
-def batches_for(jobs: Sequence[LevelJob], threads: int) -> list[list[LevelJob]]:
-    """Consecutive jobs in batches: about BATCHES_PER_THREAD per decoding thread, at most
-    MAX_JOBS_PER_BATCH each."""
-    size = max(1, min(MAX_JOBS_PER_BATCH, -(-len(jobs) // (threads * BATCHES_PER_THREAD))))
-    return [list(jobs[i:i + size]) for i in range(0, len(jobs), size)]
+def batch_ranges(jobs: int, threads: int) -> list[range]:
+    """Consecutive jobs (their indices) in batches: about BATCHES_PER_THREAD per decoding
+    thread, at most MAX_JOBS_PER_BATCH each."""
+    size = max(1, min(MAX_JOBS_PER_BATCH, -(-jobs // (threads * BATCHES_PER_THREAD))))
+    return [range(i, min(i + size, jobs)) for i in range(0, jobs, size)]
 
 
 class LevelCounting:
@@ -452,11 +437,16 @@ class LevelCounting:
     With helpers this process never decodes, so it never loads PyAV (~17 MiB, and its decoders'
     buffers), which would stay with it for the steps that follow.
 
+    ``jobs`` is read by index as batches are sent: a sequence that makes each job when asked
+    keeps this process from holding them all (4000 jobs' frame lists were ~9 MiB).
+
     Use as a context manager: leaving it stops the helpers (on an error at once, killing them).
     """
 
     def __init__(self, jobs: Sequence[LevelJob], threads: int):
-        self.batches = batches_for(list(jobs), threads)
+        self.jobs = jobs
+        self.batches = batch_ranges(len(jobs), threads)
+        self._sent: dict[int, list[LevelJob]] = {}  # batches taken and not yet emitted
         self._next = 0  # the next batch nobody has taken
         self._emitted = 0  # batches whose outcomes went to the caller
         self._done: dict[int, list] = {}
@@ -484,6 +474,13 @@ class LevelCounting:
             self._next += 1
             return self._next - 1
 
+    def _jobs_of(self, b: int) -> list[LevelJob]:
+        """Batch ``b``'s jobs, made once and kept until its outcomes are emitted."""
+        with self._cond:
+            if b not in self._sent:
+                self._sent[b] = [self.jobs[i] for i in self.batches[b]]
+            return self._sent[b]
+
     def _drive(self, threads: int) -> None:
         """Keep ``threads`` batches in flight in one helper until none is left."""
         in_flight = 0
@@ -493,7 +490,7 @@ class LevelCounting:
                 self._helpers.append(helper)
             while True:
                 while in_flight < threads and (b := self._take()) is not None:
-                    helper.send(b, self.batches[b])
+                    helper.send(b, self._jobs_of(b))
                     in_flight += 1
                 if not in_flight:
                     return
@@ -510,7 +507,7 @@ class LevelCounting:
     def _reply(self, b: int, wait: bool) -> list | None:
         """Batch ``b``'s outcomes (None if not in and not ``wait``); without helpers, run here."""
         if not self._drivers:
-            return _run_batch(self.batches[b]) if wait else None
+            return _run_batch(self._jobs_of(b)) if wait else None
         with self._cond:
             if b not in self._done and wait:
                 self._cond.wait_for(lambda: b in self._done or self._failure is not None)
@@ -527,7 +524,9 @@ class LevelCounting:
             reply = self._reply(self._emitted, wait)
             if reply is None:
                 return
-            batch = self.batches[self._emitted]
+            batch = self._jobs_of(self._emitted)
+            with self._cond:
+                del self._sent[self._emitted]
             self._emitted += 1
             for job, outcome in zip(batch, reply):
                 if isinstance(outcome, _Failure):

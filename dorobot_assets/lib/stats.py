@@ -313,6 +313,9 @@ NUMERIC_CHUNK_VALUES = 1 << 18
 # Episodes whose numeric value bins share one cache file. A changed episode makes its group's
 # data be read again for the bins; a group's file holds at most ~10^4 bins per dimension.
 NUMERIC_GROUP_EPISODES = 512
+# Bins of a GridBins dimension at most: its grid step is more than range / (2 * HISTOGRAM_BINS)
+# (grid_exponent), so its range spans fewer than 2 * HISTOGRAM_BINS steps, touching one more bin.
+GRID_BINS_CAPACITY = 2 * HISTOGRAM_BINS + 2
 # Episodes whose camera pixel-level counts share one cache file.
 CAMERA_BLOCK_EPISODES = 128
 # Data files read ahead by threads while a chunk is computed (pyarrow releases the GIL).
@@ -520,30 +523,51 @@ def _count_below_sorted(sorted_values: np.ndarray, first: np.ndarray, n: np.ndar
 # --- per-episode statistics, many episodes at once
 
 
-def segment_stats(matrices: list[np.ndarray], shapes: list[tuple[int, ...]], lengths: np.ndarray
-                  ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+class ChunkBuffers:
+    """A chunk's values ``(dimensions, rows)`` and temporaries of one row, allocated once for
+    every chunk: arrays of each chunk's size, new for each, fragmented the heap (RSS crept up
+    chunk after chunk, ~7 MiB over 2000 episodes)."""
+
+    def __init__(self, values: int, rows: int):
+        self.values = np.empty(values)
+        self.floats = np.empty(rows)
+        self.ints = np.empty(rows, np.intp)
+
+
+def segment_stats(matrices: list[np.ndarray], shapes: list[tuple[int, ...]], lengths: np.ndarray,
+                  buffers: ChunkBuffers | None = None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
     """Stats of consecutive segments (episodes) of rows, for several numeric columns at once.
 
     ``matrices[f]`` is column f's values ``(rows, width)`` in its own dtype, ``lengths`` the
     segments' row counts. Returns per column ``{stat: (segments, *stat shape)}`` (float64;
     integer and boolean columns keep int64 min/max, as LeRobot writes them) and the values as
-    ``(dimensions, rows)`` float64, sorted within each segment (for the value bins). With fewer
-    than two rows every quantile is the mean (LeRobot's rule)."""
+    ``(dimensions, rows)`` float64, sorted within each segment (for the value bins), in
+    ``buffers`` if given. With fewer than two rows every quantile is the mean (LeRobot's rule)."""
     lengths = np.asarray(lengths, np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.intp)
     rows = int(lengths.sum())
     widths = [m.shape[1] for m in matrices]
     dims = int(sum(widths))
-    values = np.empty((dims, rows), np.float64)
+    buffers = buffers or ChunkBuffers(dims * rows, rows)
+    values = buffers.values[:dims * rows].reshape(dims, rows)
     d = 0
     for m, w in zip(matrices, widths):
         values[d:d + w] = m.T
         d += w
     mean = np.add.reduceat(values, starts, axis=1) / lengths
-    deviation = values - np.repeat(mean, lengths, axis=1)
-    np.multiply(deviation, deviation, out=deviation)
-    std = np.sqrt(np.add.reduceat(deviation, starts, axis=1) / lengths)
-    del deviation
+    # one dimension at a time, in the row buffers (the same sums as over the whole chunk)
+    segment = buffers.ints[:rows]  # each row's segment
+    segment.fill(0)
+    np.add.at(segment, starts[1:], 1)
+    np.cumsum(segment, out=segment)
+    deviation = buffers.floats[:rows]
+    squares = np.empty_like(mean)
+    for d in range(dims):
+        np.take(mean[d], segment, out=deviation)
+        np.subtract(values[d], deviation, out=deviation)
+        np.multiply(deviation, deviation, out=deviation)
+        squares[d] = np.add.reduceat(deviation, starts)
+    std = np.sqrt(squares / lengths)
     for a, n in zip(starts, lengths):
         values[:, a:a + n].sort(axis=1)
     lanes_first = (np.arange(dims)[:, None] * rows + starts[None, :]).ravel()  # (dims x segments)
@@ -604,7 +628,10 @@ def pixel_stats_many(level_counts: np.ndarray, frames: np.ndarray) -> dict[str, 
     cum = np.cumsum(counts, axis=2).reshape(-1, n_levels)  # lanes = (episode, channel)
 
     def order_statistic(lane: np.ndarray, rank: np.ndarray) -> np.ndarray:
-        return (cum[lane] < rank[:, None]).sum(axis=1).astype(np.float64)
+        out = np.empty(len(lane))
+        for a in range(0, len(lane), 256):  # a slice of lanes at a time: all of a block's were ~5 MiB
+            out[a:a + 256] = (cum[lane[a:a + 256]] < rank[a:a + 256, None]).sum(axis=1)
+        return out
 
     def count_below(lane: np.ndarray, v: np.ndarray, _guess: np.ndarray) -> np.ndarray:
         top = np.ceil(v).astype(np.int64) - 1  # levels < v are those <= ceil(v) - 1
@@ -659,56 +686,97 @@ class GridBins:
     """Value bins of several dimensions, each on the power-of-two grid of its own range
     (:func:`grid_exponent`; one bin while it is constant), filled chunk by chunk.
 
-    Dense per dimension (at most ~10^4 bins each). When a chunk widens a dimension's range
-    the bins are laid out anew and the old ones moved into the (coarser or equal) new ones,
-    which contain them; so the result equals binning all values at once on the final grid."""
+    Dense per dimension: a row of GRID_BINS_CAPACITY bins each, allocated once and reused (by
+    :meth:`clear` too): columns such as ``index`` widen with every chunk, and new arrays for
+    their bins each time fragmented the heap (RSS crept up chunk after chunk). When a chunk
+    widens a dimension's range its bins are laid out anew and the old ones moved into the
+    (coarser or equal) new ones, which contain them; so the result equals binning all values
+    at once on the final grid."""
 
     def __init__(self):
         self.lo: np.ndarray | None = None
+        self.count: np.ndarray | None = None  # (dimensions, capacity); a row's first size[d] in use
 
-    def _layout(self, lo: np.ndarray, hi: np.ndarray) -> None:
-        self.lo, self.hi = lo, hi
-        self.k = np.where(hi > lo, grid_exponent(hi - lo, np.maximum(np.abs(lo), np.abs(hi))), 0)
-        self.base = np.floor(np.ldexp(lo, -self.k))
-        size = (np.floor(np.ldexp(hi, -self.k)) - self.base).astype(np.int64) + 1
-        self.first = np.concatenate([[0], np.cumsum(size)])
-        self.count = np.zeros(self.first[-1], np.int64)
-        self.vmin = np.full(self.first[-1], np.inf)
-        self.vmax = np.full(self.first[-1], -np.inf)
+    def clear(self) -> None:
+        """Empty, for other values (keeping the arrays)."""
+        self.lo = None
 
-    def _cells(self, values: np.ndarray, dim: np.ndarray) -> np.ndarray:
-        """Flat bin index of each value; ``dim`` (broadcast against ``values``) its dimension."""
-        k = self.k[dim]
+    def _layout(self, dims: np.ndarray) -> None:
+        """Grids for the ranges ``lo``..``hi`` of dimensions ``dims``, with empty bins."""
+        lo, hi = self.lo[dims], self.hi[dims]
+        k = np.where(hi > lo, grid_exponent(hi - lo, np.maximum(np.abs(lo), np.abs(hi))), 0)
+        base = np.floor(np.ldexp(lo, -k))
+        size = (np.floor(np.ldexp(hi, -k)) - base).astype(np.int64) + 1
+        self.k[dims], self.base[dims], self.size[dims] = k, base, size
+        if size.max() > self.count.shape[1]:  # not expected (see GRID_BINS_CAPACITY)
+            capacity = int(size.max())
+            for name, fill in (("count", 0), ("vmin", np.inf), ("vmax", -np.inf)):
+                old = getattr(self, name)
+                grown = np.full((len(old), capacity), fill, old.dtype)
+                grown[:, :old.shape[1]] = old
+                setattr(self, name, grown)
+        self.count[dims] = 0
+        self.vmin[dims] = np.inf
+        self.vmax[dims] = -np.inf
+
+    def _cells(self, values: np.ndarray, d: int, buffers: ChunkBuffers | None = None) -> np.ndarray:
+        """The bin of each value of dimension ``d`` (in ``buffers`` if given)."""
+        buffers = buffers or ChunkBuffers(0, len(values))
+        cell = buffers.floats[:len(values)]
+        k = self.k[d]
         # x·2^-k rounds exactly as ldexp(x, -k) (one correctly rounded operation), ~5x faster
-        cell = values * np.ldexp(1.0, -k) if np.abs(self.k).max() < 1000 else np.ldexp(values, -k)
+        if np.abs(self.k).max() < 1000:
+            np.multiply(values, np.ldexp(1.0, -k), out=cell)
+        else:
+            np.ldexp(values, -k, out=cell)
         np.floor(cell, out=cell)
-        cell -= self.base[dim] - self.first[:-1][dim]
-        return cell.astype(np.intp)
+        return np.subtract(cell, self.base[d], out=buffers.ints[:len(values)], casting="unsafe")
 
-    def add(self, values: np.ndarray) -> None:
-        """Add ``values`` shaped (dimensions, n)."""
+    def _filled(self, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        used = slice(0, self.size[d])
+        filled = self.count[d, used] > 0
+        return self.count[d, used][filled], self.vmin[d, used][filled], self.vmax[d, used][filled]
+
+    def add(self, values: np.ndarray, buffers: ChunkBuffers | None = None) -> None:
+        """Add ``values`` shaped (dimensions, n); ``buffers`` (of n rows or more) for temporaries."""
         lo, hi = values.min(axis=1), values.max(axis=1)
+        dims = len(values)
         if self.lo is None:
-            self._layout(lo, hi)
-        elif (lo < self.lo).any() or (hi > self.hi).any():
-            count, vmin, vmax, offsets = self.bins()
-            self._layout(np.minimum(lo, self.lo), np.maximum(hi, self.hi))
-            cell = self._cells(vmin, np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)))
-            np.add.at(self.count, cell, count)
-            np.minimum.at(self.vmin, cell, vmin)
-            np.maximum.at(self.vmax, cell, vmax)
-        cell = self._cells(values, np.arange(len(values))[:, None]).reshape(-1)
-        flat = values.reshape(-1)
-        self.count += np.bincount(cell, minlength=len(self.count))
-        np.minimum.at(self.vmin, cell, flat)
-        np.maximum.at(self.vmax, cell, flat)
+            if self.count is None or len(self.count) != dims:
+                self.count = np.zeros((dims, GRID_BINS_CAPACITY), np.int64)
+                self.vmin = np.full((dims, GRID_BINS_CAPACITY), np.inf)
+                self.vmax = np.full((dims, GRID_BINS_CAPACITY), -np.inf)
+            self.lo, self.hi = lo, hi
+            self.k, self.base, self.size = np.zeros(dims, np.int64), np.zeros(dims), np.zeros(dims, np.int64)
+            self._layout(np.arange(dims))
+        else:
+            wider = np.flatnonzero((lo < self.lo) | (hi > self.hi))
+            if len(wider):
+                old = [self._filled(d) for d in wider.tolist()]
+                self.lo, self.hi = np.minimum(lo, self.lo), np.maximum(hi, self.hi)
+                self._layout(wider)
+                for d, (count, vmin, vmax) in zip(wider.tolist(), old):
+                    cell = self._cells(vmin, d)
+                    np.add.at(self.count[d], cell, count)
+                    np.minimum.at(self.vmin[d], cell, vmin)
+                    np.maximum.at(self.vmax[d], cell, vmax)
+        buffers = buffers or ChunkBuffers(0, values.shape[1])
+        for d, row in enumerate(values):  # a row at a time, in the row buffers
+            cell = self._cells(row, d, buffers)
+            self.count[d] += np.bincount(cell, minlength=self.count.shape[1])  # one size: no new holes
+            np.minimum.at(self.vmin[d], cell, row)
+            np.maximum.at(self.vmax[d], cell, row)
 
     def bins(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(count, smallest, largest, offsets)`` of the non-empty bins, dimension d's at
         ``offsets[d]:offsets[d + 1]``."""
-        filled = self.count > 0
-        offsets = np.concatenate([[0], np.cumsum(np.add.reduceat(filled, self.first[:-1]))])
-        return self.count[filled], self.vmin[filled], self.vmax[filled], offsets
+        filled = [self.count[d, :self.size[d]] > 0 for d in range(len(self.lo))]
+        offsets = np.concatenate([[0], np.cumsum([np.count_nonzero(f) for f in filled])]).astype(np.int64)
+        out = [np.empty(offsets[-1], a.dtype) for a in (self.count, self.vmin, self.vmax)]
+        for d, f in enumerate(filled):  # straight into the results: no copies per dimension to join
+            for a, o in zip((self.count, self.vmin, self.vmax), out):
+                np.compress(f, a[d, :len(f)], out=o[offsets[d]:offsets[d + 1]])
+        return tuple(out) + (offsets,)
 
 
 class MergedBins:
@@ -871,7 +939,9 @@ def _read_chunks(rec: Recording, chunks: list[range], numeric: list[str]) -> Ite
         ahead = submit(chunks[0])
         for i, chunk in enumerate(chunks):
             current, ahead = ahead, (submit(chunks[i + 1]) if i + 1 < len(chunks) else [])
-            yield chunk, [f.result() for f in current]
+            tables = [[f.result() for f in current]]
+            del current  # its futures, and this frame, must not keep the tables once the caller drops them
+            yield chunk, tables.pop()
 
 
 class _CameraBlocks:
@@ -979,11 +1049,18 @@ def _camera_counting(rec: Recording, cameras: list[str], computed: np.ndarray, t
         return contextlib.nullcontext()
     from dorobot_assets.lib.camera_stats import LevelCounting, level_job
 
-    jobs = [
-        level_job(rec.episodes[p].video_paths[camera], rec.episodes[p].length, position=p, camera=c)
-        for p in np.flatnonzero(computed).tolist() for c, camera in enumerate(cameras)
-    ]
-    return LevelCounting(jobs, threads)
+    class Jobs:  # each episode's cameras in turn, made when sent (all at once: ~9 MiB at 2000 episodes)
+        positions = np.flatnonzero(computed)
+
+        def __len__(self) -> int:
+            return len(self.positions) * len(cameras)
+
+        def __getitem__(self, i: int):
+            p, c = divmod(i, len(cameras))
+            ep = rec.episodes[int(self.positions[p])]
+            return level_job(ep.video_paths[cameras[c]], ep.length, position=int(self.positions[p]), camera=c)
+
+    return LevelCounting(Jobs(), threads)
 
 
 def compute_episode_stats(rec: Recording, work_dir: Path, *, workers: int | None = None) -> tuple[pa.Table, dict]:
@@ -1053,20 +1130,21 @@ def compute_episode_stats(rec: Recording, work_dir: Path, *, workers: int | None
                     camera_blocks.add(job.position, job.camera, sample)
 
         bins = GridBins()
+        rows = max((int(lengths[c.start:c.stop].sum()) for c in chunks), default=0)
+        buffers = ChunkBuffers(rows * dims, rows)
         for chunk, tables in _read_chunks(rec, chunks, numeric):
             matrices = _chunk_matrices(rec, chunk, tables, numeric)
             del tables
-            stats, values = segment_stats(matrices, shapes, lengths[chunk.start:chunk.stop])
+            stats, values = segment_stats(matrices, shapes, lengths[chunk.start:chunk.stop], buffers)
             del matrices
             fresh = computed[chunk.start:chunk.stop]
             for f, feature_stats in zip(numeric, stats):
                 store.put(f, np.arange(chunk.start, chunk.stop)[fresh], {k: v[fresh] for k, v in feature_stats.items()})
-            bins.add(values)
+            bins.add(values, buffers)
             del values
             if chunk.stop - 1 in group_end:
-                count, vmin, vmax, offsets = bins.bins()
-                _save_npz(cache / group_end[chunk.stop - 1], {"count": count, "vmin": vmin, "vmax": vmax, "offsets": offsets})
-                bins = GridBins()
+                _save_npz(cache / group_end[chunk.stop - 1], dict(zip(("count", "vmin", "vmax", "offsets"), bins.bins())))
+                bins.clear()
             take_camera_results(wait=False)
         take_camera_results(wait=True)
         helpers = counting.helper_processes if counting is not None else 0
