@@ -99,15 +99,21 @@ def _boxes(buf: bytes, start: int, end: int, where: str, limit: int = -1) -> lis
     out = []
     pos = start
     while end - pos >= 8 and len(out) != limit:
-        size, kind = BOX_HEADER.unpack_from(buf, pos)
-        header = 8
-        if size < 8:
-            size, header = _unusual_size(buf, pos, end, size, kind, where)
-        if pos + size > end:
-            raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} claims {size} bytes, {end - pos} are left")
+        kind, header, size = _box_at(buf, pos, end, where)
         out.append((kind, pos, pos + header, pos + size))
         pos += size
     return out
+
+
+def _box_at(buf: bytes, pos: int, end: int, where: str) -> tuple[bytes, int, int]:
+    """``(type, header length, box size)`` of the box at ``pos``, which must end by ``end``."""
+    size, kind = BOX_HEADER.unpack_from(buf, pos)
+    header = 8
+    if size < 8:
+        size, header = _unusual_size(buf, pos, end, size, kind, where)
+    if pos + size > end:
+        raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} claims {size} bytes, {end - pos} are left")
+    return kind, header, size
 
 
 def _children(buf: bytes, start: int, end: int, where: str) -> dict[bytes, list[tuple[int, int]]]:
@@ -118,12 +124,7 @@ def _children(buf: bytes, start: int, end: int, where: str) -> dict[bytes, list[
     out: dict[bytes, list[tuple[int, int]]] = {}
     pos = start
     while end - pos >= 8:
-        size, kind = BOX_HEADER.unpack_from(buf, pos)
-        header = 8
-        if size < 8:
-            size, header = _unusual_size(buf, pos, end, size, kind, where)
-        if pos + size > end:
-            raise Mp4Unsupported(f"{where}: box {kind.decode('latin-1')!r} claims {size} bytes, {end - pos} are left")
+        kind, header, size = _box_at(buf, pos, end, where)
         found = out.get(kind)
         if found is None:
             out[kind] = [(pos + header, pos + size)]

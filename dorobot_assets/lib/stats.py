@@ -163,6 +163,19 @@ def parse_stats_lines(lines: list[str]) -> ParsedStats | None:
     return ParsedStats(strings, episodes, stats)
 
 
+def _copied_feature(rec: Recording, episode: int, feature: str) -> bool:
+    """Whether ``episode``'s stats of ``feature`` are copied: not for a dropped camera; a feature
+    info.json does not declare is an error."""
+    if feature in rec.dropped_features:
+        return False
+    if feature not in rec.features:
+        raise RecordingError(
+            "stats_mismatch", rec.root / EPISODES_STATS_FILE,
+            f"episode {episode} has stats for {feature!r}, which info.json does not declare",
+        )
+    return True
+
+
 def _parsed_stats_table(rec: Recording) -> pa.Table | None:
     """:func:`copy_source_stats` from stats that :func:`parse_stats_lines` reads alike on every
     line of the recording (one block at a time), or None for the Python path."""
@@ -179,13 +192,8 @@ def _parsed_stats_table(rec: Recording) -> pa.Table | None:
         return None
     columns: dict[str, pa.Array] = {"episode_index": int64_array([e.index for e in rec.episodes])}
     for feature, stats in blocks[0].items():  # alike lines: episode 0 stands for every episode
-        if feature in rec.dropped_features:
+        if not _copied_feature(rec, 0, feature):
             continue
-        if feature not in rec.features:
-            raise RecordingError(
-                "stats_mismatch", rec.root / EPISODES_STATS_FILE,
-                f"episode 0 has stats for {feature!r}, which info.json does not declare",
-            )
         for stat in stats:
             parts = [block[feature][stat] for block in blocks]
             if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
@@ -215,13 +223,8 @@ def copy_source_stats(rec: Recording) -> pa.Table:
     for e, stats in enumerate(rec.episodes_stats):
         ep = {}
         for feature, fstats in stats.items():
-            if feature in rec.dropped_features:
+            if not _copied_feature(rec, e, feature):
                 continue
-            if feature not in rec.features:
-                raise RecordingError(
-                    "stats_mismatch", rec.root / EPISODES_STATS_FILE,
-                    f"episode {e} has stats for {feature!r}, which info.json does not declare",
-                )
             ep[feature] = {k: np.atleast_1d(np.asarray(v)) for k, v in fstats.items()}
         per_episode.append(ep)
     keys0 = [(f, tuple(s)) for f, s in per_episode[0].items()]
