@@ -167,3 +167,29 @@ def test_conversions_allocate_arrow_buffers_with_glibc_unless_the_user_chose():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "jemalloc"
+
+
+def test_sampler_reads_rss_often_and_pss_rarely(monkeypatch):
+    """PSS (smaps_rollup) stalls the measured process's memory map while the kernel walks it, so
+    the sampler reads it every PSS_INTERVAL_S and RSS (statm) every SAMPLE_INTERVAL_S."""
+    import subprocess
+
+    calls = {"rss": 0, "pss": 0}
+    rss, pss = bench._rss_bytes, bench._pss_bytes
+
+    def count(kind, fn):
+        def counted(pid):
+            calls[kind] += 1
+            return fn(pid)
+        return counted
+
+    monkeypatch.setattr(bench, "_rss_bytes", count("rss", rss))
+    monkeypatch.setattr(bench, "_pss_bytes", count("pss", pss))
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.2)"])
+    sampler = bench.TreeSampler(proc.pid)
+    sampler.start()
+    proc.wait()
+    sampler.stop()
+    assert calls["rss"] >= 20  # every 20 ms over 1.2 s, give or take the machine's load
+    assert 1 <= calls["pss"] <= 1.2 / bench.PSS_INTERVAL_S + 2
+    assert 0 < sampler.peak_pss <= sampler.peak_rss
