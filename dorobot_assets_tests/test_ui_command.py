@@ -62,8 +62,10 @@ def test_ui_command_serves_a_persistent_instance_and_stops_cleanly(tmp_path, mon
         ui.wait_until(lambda: http_ok(f"{base}/server_info"), START_TIMEOUT_S, "UI answering")
         assert (home / "dagster.yaml").read_text() == DAGSTER_YAML_TEMPLATE.read_text()
         # The daemon runs the sensor without anyone switching it on; its ticks say why nothing ran.
-        ticks = ui.wait_until(lambda: (inbox_sensor_state(base)["sensorState"]["ticks"] or None),
-                              START_TIMEOUT_S, "a tick of inbox_sensor")
+        # A tick is listed while it runs (STARTED); wait for one that has finished.
+        ticks = ui.wait_until(
+            lambda: [t for t in inbox_sensor_state(base)["sensorState"]["ticks"] or () if t["status"] != "STARTED"] or None,
+            START_TIMEOUT_S, "a finished tick of inbox_sensor")
         state = inbox_sensor_state(base)
         assert state["sensorState"]["status"] == "RUNNING" and state["minIntervalSeconds"] == 30
         assert ticks[0]["status"] == "SKIPPED" and "nothing new to convert" in ticks[0]["skipReason"]
