@@ -36,7 +36,7 @@ def recording(make_sample):
 
 def test_copied_stats_read_by_arrow_equal_pythons_reading_in_any_block_size(recording, monkeypatch):
     rec = read_recording(recording)
-    assert S._parsed_stats_table(rec) is not None  # Arrow's path is taken
+    assert S._parsed_stats_table(rec, rec.episodes_stats_lines) is not None  # Arrow's path is taken
     fast = S.copy_source_stats(rec)
     assert str(fast.column(S.stats_column("observation.images.top", "mean")).type).endswith("item: double>>>")
     monkeypatch.setattr(S, "STATS_BLOCK_EPISODES", 2)

@@ -34,7 +34,7 @@ from dorobot_assets.lib.arrow import (
 from dorobot_assets.lib.errors import OutputError, RecordingError
 from dorobot_assets.lib.fsutil import atomic_path, remove_stale_temp_files, write_json_atomic
 from dorobot_assets.lib.settings import DEFAULT_STATS_WORKERS
-from dorobot_assets.lib.v21 import EPISODES_STATS_FILE, INFO_FILE, Recording, read_episode_data
+from dorobot_assets.lib.v21 import EPISODES_STATS_FILE, INFO_FILE, ParsedJsonList, Recording, read_episode_data
 from dorobot_assets.lib.v30 import QUANTILE_KEYS, QUANTILES, STAT_KEYS, STATS_PATH
 
 STATS_PREFIX = "stats/"
@@ -176,10 +176,9 @@ def _copied_feature(rec: Recording, episode: int, feature: str) -> bool:
     return True
 
 
-def _parsed_stats_table(rec: Recording) -> pa.Table | None:
-    """:func:`copy_source_stats` from stats that :func:`parse_stats_lines` reads alike on every
-    line of the recording (one block at a time), or None for the Python path."""
-    lines = rec.episodes_stats_lines
+def _parsed_stats_table(rec: Recording, lines: list[str]) -> pa.Table | None:
+    """:func:`copy_source_stats` from the recording's stats ``lines`` where
+    :func:`parse_stats_lines` reads them alike (one block at a time), or None for the Python path."""
     blocks: list[dict[str, dict[str, np.ndarray]]] = []
     strings = None
     for start in range(0, len(lines), STATS_BLOCK_EPISODES):
@@ -210,17 +209,18 @@ def copy_source_stats(rec: Recording) -> pa.Table:
 
     Read by Arrow a block of lines at a time where :func:`parse_stats_lines` allows, else with
     Python's json (the same table or error either way)."""
-    if rec.episodes_stats is None:
+    lines = rec.episodes_stats_lines  # read from the file (and checked) once here
+    if lines is None:
         raise RecordingError(
             "stats_missing", rec.root / EPISODES_STATS_FILE,
             f"a {rec.version} recording has no per-episode stats to copy; use stats mode 'recompute'",
         )
-    table = _parsed_stats_table(rec)
+    table = _parsed_stats_table(rec, lines)
     if table is not None:
         return table
     # Python's json, episode by episode: odd JSON, differing keys or shapes
     per_episode = []
-    for e, stats in enumerate(rec.episodes_stats):
+    for e, stats in enumerate(ParsedJsonList(lines, "stats")):
         ep = {}
         for feature, fstats in stats.items():
             if not _copied_feature(rec, e, feature):
