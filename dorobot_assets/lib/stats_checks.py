@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
 
-from dorobot_assets.lib.arrow import column_numpy, list_values
+from dorobot_assets.lib.arrow import column_numpy, nested_list_numpy
 from dorobot_assets.lib.stats import HISTOGRAM_BINS, STATS_BLOCK_EPISODES, parse_stats_lines
 from dorobot_assets.lib.v21 import EPISODES_STATS_FILE, NUMERIC_DTYPES
 from dorobot_assets.lib.v30 import QUANTILE_KEYS, QUANTILES, STATS_PATH
@@ -275,16 +274,9 @@ def _dataset_episode_stats(view: DatasetView) -> tuple[dict[int, int], dict[str,
         for part, table in stats_column_blocks(con, list(columns), episodes):
             for name, column in zip(part, table.columns):
                 feature, stat = columns[name]
-                arr = column.combine_chunks()
-                while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
-                    if arr.null_count:
-                        break
-                    arr = list_values(arr)
-                if arr.null_count or pa.types.is_nested(arr.type) or not episodes or len(arr) % episodes:
-                    continue
-                values = column_numpy(arr).astype(np.float64).reshape(episodes, -1)
-                if len(values) and values.shape[1] * episodes == len(arr):
-                    out.setdefault(feature, {})[stat] = values
+                values = nested_list_numpy(column)  # None: nulls, ragged or not numbers
+                if values is not None and episodes:
+                    out.setdefault(feature, {})[stat] = values.reshape(episodes, -1).astype(np.float64)
             del table
     finally:
         con.close()
