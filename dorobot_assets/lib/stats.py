@@ -677,6 +677,18 @@ def grid_exponent(value_range, magnitude):
     return int(k) if k.ndim == 0 else k
 
 
+def grid_layout(lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(k, base, size)`` of the grids for values in ``[lo, hi]`` (arrays, or scalars as 0-d
+    arrays): the exponent (:func:`grid_exponent`; 0 for a constant), the index of the first bin
+    and the number of bins. GridBins and MergedBins lay out with it, so that a group's bins nest
+    in the dataset's."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    k = np.where(hi > lo, grid_exponent(hi - lo, np.maximum(np.abs(lo), np.abs(hi))), 0)
+    base = np.floor(np.ldexp(lo, -k))
+    size = (np.floor(np.ldexp(hi, -k)) - base).astype(np.int64) + 1
+    return k, base, size
+
+
 def value_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(count, smallest, largest)`` per non-empty grid bin of one dimension's values."""
     bins = GridBins()
@@ -706,10 +718,7 @@ class GridBins:
 
     def _layout(self, dims: np.ndarray) -> None:
         """Grids for the ranges ``lo``..``hi`` of dimensions ``dims``, with empty bins."""
-        lo, hi = self.lo[dims], self.hi[dims]
-        k = np.where(hi > lo, grid_exponent(hi - lo, np.maximum(np.abs(lo), np.abs(hi))), 0)
-        base = np.floor(np.ldexp(lo, -k))
-        size = (np.floor(np.ldexp(hi, -k)) - base).astype(np.int64) + 1
+        k, base, size = grid_layout(self.lo[dims], self.hi[dims])
         self.k[dims], self.base[dims], self.size[dims] = k, base, size
         if size.max() > self.count.shape[1]:  # not expected (see GRID_BINS_CAPACITY)
             capacity = int(size.max())
@@ -793,9 +802,8 @@ class MergedBins:
 
     def __init__(self, lo: float, hi: float):
         self.lo, self.hi = float(lo), float(hi)
-        self.k = grid_exponent(self.hi - self.lo, max(abs(self.lo), abs(self.hi))) if hi > lo else 0
-        self.base = np.floor(np.ldexp(self.lo, -self.k))
-        size = int(np.floor(np.ldexp(self.hi, -self.k)) - self.base) + 1 if hi > lo else 1
+        k, base, size = grid_layout(self.lo, self.hi)
+        self.k, self.base, size = int(k), float(base), int(size)
         self.count = np.zeros(size, np.int64)
         self.vmin = np.full(size, np.inf)
         self.vmax = np.full(size, -np.inf)
