@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dorobot_assets import cli
+from dorobot_assets.defs import checks
 from dorobot_assets.defs.assets import conversion_assets, data, dataset_stats, episodes, info, tasks
 from dorobot_assets.defs.partitions import recordings
 from dorobot_assets.defs.resources import ConversionResource, StorageResource
@@ -19,18 +20,29 @@ from dorobot_assets.lib import validate
 from dorobot_assets.lib.keys import sanitize_key
 
 
-def test_every_registered_check_is_an_asset_check_on_its_asset_blocking_when_an_error():
-    specs = {(s.asset, s.name): s for s in validate.registered_checks()}
+def test_each_asset_has_one_validation_check_running_its_registered_checks_blocking_when_one_is_an_error():
+    registered: dict[str, list] = {}
+    for s in validate.registered_checks():
+        if not s.deep:  # deep checks (video_pts_alignment): validate --deep only
+            registered.setdefault(s.asset, []).append(s)
     found = {}
     for asset in conversion_assets:
-        for spec in getattr(asset, "check_specs", ()):  # the source asset has none  # run in the asset's own step, right after it writes
-            assert spec.asset_key == asset.key
-            found[(spec.asset_key.to_user_string(), spec.key.name)] = spec.blocking
-    expected = {key: s.severity == validate.ERROR for key, s in specs.items() if not s.deep}
-    assert found == expected
-    assert ("videos", "video_pts_alignment") not in found  # deep: validate --deep only
-    assert {asset for asset, _ in found} == {"tasks", "data", "videos", "audio", "episodes", "dataset_stats", "info"}
+        specs = list(getattr(asset, "check_specs", ()))  # the source asset has none
+        for spec in specs:
+            assert spec.asset_key == asset.key and spec.key.name == checks.VALIDATION_CHECK
+            for lib_spec in registered[asset.key.to_user_string()]:  # the UI's description names each
+                assert f"{lib_spec.name} ({lib_spec.severity})" in spec.description
+            found[asset.key.to_user_string()] = spec.blocking
+    assert found == {asset: any(s.severity == validate.ERROR for s in specs) for asset, specs in registered.items()}
+    assert set(found) == {"tasks", "data", "videos", "audio", "episodes", "dataset_stats", "info"}
+    assert "video_pts_alignment" not in {s.name for s in registered["videos"]}
     assert not defs.asset_checks  # no separate check steps
+
+
+def _validation(result, asset: str) -> dg.AssetCheckEvaluation:
+    (evaluation,) = [ev for ev in result.get_asset_check_evaluations() if ev.asset_key == dg.AssetKey(asset)]
+    assert evaluation.check_name == checks.VALIDATION_CHECK
+    return evaluation
 
 
 def test_an_asset_depends_on_what_its_checks_read():
@@ -104,18 +116,30 @@ def test_a_broken_manifest_between_steps_blocks_and_withdraws_info_json(converte
     assert not (dataset / "meta/info.json").exists()
     materialized = {e.asset_key.to_user_string() for e in result.all_events if e.is_step_materialization}
     assert materialized == {"episodes"}
-    evaluations = {ev.check_name: ev for ev in result.get_asset_check_evaluations()}
-    rows = evaluations["episodes_data_rows"]
-    assert not rows.passed and rows.severity == dg.AssetCheckSeverity.ERROR
-    assert rows.description == ("1 episodes disagree with the data rows; episode 2 claims rows 45..66, the data has "
-                                "22 rows in 44..66")
-    assert rows.metadata["offending_episodes"].value == 1
-    table_md = rows.metadata["offending"].value
+    evaluation = _validation(result, "episodes")
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    fault = "1 episodes disagree with the data rows; episode 2 claims rows 45..66, the data has 22 rows in 44..66"
+    # Every failed lib check is named, in registration order (errors before warnings).
+    assert evaluation.description == (
+        f"check episodes_data_rows failed: {fault}; "
+        "check episodes_length failed: 1 episodes have length != dataset_to_index - dataset_from_index; "
+        "episode 2 has length 22, its rows 45..66 make 21; "
+        "check episodes_data_file failed: 1 episodes are not (all) in their data file; "
+        "episode 2: data/chunk-000/file-001.parquet holds 22 of its 21 rows")
+    outcomes = checks.lib_check_results(evaluation)
+    rows = outcomes["episodes_data_rows"]
+    assert not rows["passed"] and rows["severity"] == validate.ERROR and rows["description"] == fault
+    assert rows["counts"]["offending_episodes"] == 1
+    table_md = evaluation.metadata["episodes_data_rows offending"].value
     assert table_md.splitlines()[0] == (
         "| episode_index | dataset_from_index | dataset_to_index | data_from | data_to | data_rows |")
     assert table_md.splitlines()[2] == "| 2 | 45 | 66 | 44 | 66 | 22 |"
-    assert evaluations["episodes_index"].passed and evaluations["episodes_files_exist"].passed
-    assert "stats_order" not in evaluations  # dataset_stats never ran
+    assert outcomes["episodes_index"]["passed"] and outcomes["episodes_files_exist"]["passed"]
+    assert evaluation.metadata["failed"].value == 3
+    summary = evaluation.metadata["checks"].value.splitlines()  # the UI's table of every lib check
+    assert summary[0] == "| check | level | result | detail |"
+    assert f"| episodes_data_rows | error | FAILED | {fault} |" in summary
+    assert [ev.asset_key for ev in result.get_asset_check_evaluations()] == [dg.AssetKey("episodes")]  # dataset_stats never ran
 
 
 def test_a_stray_data_file_fails_the_info_checks_before_info_json_is_written(converted_sample, tmp_path):
@@ -128,8 +152,10 @@ def test_a_stray_data_file_fails_the_info_checks_before_info_json_is_written(con
 
     assert not result.success
     assert not (dataset / "meta/info.json").exists()  # the earlier one is withdrawn, no new one written
-    evaluations = {ev.check_name: ev for ev in result.get_asset_check_evaluations()}
-    totals = evaluations["info_totals"]
-    assert totals.asset_key == dg.AssetKey("info") and not totals.passed
-    assert totals.description == "1 totals differ from the files; total_frames is 84 in meta/info.json, 124 on disk"
-    assert evaluations["info_version"].passed and evaluations["info_paths"].passed
+    evaluation = _validation(result, "info")
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    outcomes = checks.lib_check_results(evaluation)
+    assert not outcomes["info_totals"]["passed"]
+    assert outcomes["info_totals"]["description"] == (
+        "1 totals differ from the files; total_frames is 84 in meta/info.json, 124 on disk")
+    assert outcomes["info_version"]["passed"] and outcomes["info_paths"]["passed"]

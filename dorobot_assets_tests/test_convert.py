@@ -207,3 +207,23 @@ def test_recording_changed_during_the_run_is_not_published(make_sample, tmp_path
     monkeypatch.setattr(assets.data_lib, "write_data", write_data)
     assert convert_recording(src, out, COPY).success
     assert (out / "meta/info.json").is_file()
+
+
+def test_console_convert_freezes_its_startup_objects_and_an_embedded_call_does_not(make_sample, tmp_path):
+    """The console script (which ends after the conversion) imports Dagster with the collector
+    off and freezes what it made; ``cli.main`` inside a longer-lived process leaves gc alone."""
+    import gc
+
+    from dorobot_assets import cli
+
+    before = gc.get_freeze_count()
+    src = make_sample("embedded", lengths=[4])
+    assert cli.main(["convert", str(src), str(tmp_path / "out"), "--stats", "copy"]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == before
+    try:
+        with cli._collector_paused_for_startup(True):
+            assert not gc.isenabled()
+            made = [[] for _ in range(1000)]  # long-lived objects made at startup
+        assert gc.isenabled() and gc.get_freeze_count() >= before + len(made)
+    finally:
+        gc.unfreeze()

@@ -1,14 +1,15 @@
-"""Asset checks: every check registered in lib/validate.py, on the asset it inspects.
+"""Asset checks: every check registered in lib/validate.py, run by the asset it inspects.
 
-Each asset declares its checks (``check_specs``) and runs them in its own step right after
-writing, on one DuckDB connection: a separate check step per asset cost a Dagster step (events,
-instance writes) and a fresh DuckDB session each, about a third of a small conversion.
-Error-severity checks are blocking: a failed one fails the asset's step after its results are
-recorded, so nothing downstream runs and the ``info`` asset never publishes meta/info.json.
-During a conversion info.json does not exist yet, so checks see the pending info (what the
-``info`` asset would write). The checks about info.json itself run inside the ``info`` asset
-before it writes (:func:`info_check_results`). Deep checks (decoding every frame) are left to
-``dorobot-assets validate --deep``.
+Each asset declares one Dagster check, ``validation``, which runs all the asset's registered
+checks in its own step right after writing, on one DuckDB connection (a separate check step per
+asset cost a Dagster step and a fresh DuckDB session each, about a third of a small
+conversion). Its result lists every lib check, and each failure's offending rows, in the UI.
+A failed error-level check fails it with error severity, which blocks: the asset's step fails
+after the result is recorded, nothing downstream runs and the ``info`` asset never publishes
+meta/info.json. During a conversion info.json does not exist yet, so checks see the pending
+info (what the ``info`` asset would write). The checks about info.json itself run inside the
+``info`` asset before it writes (:func:`info_check_results`). Deep checks (decoding every frame)
+are left to ``dorobot-assets validate --deep``.
 """
 
 from typing import Iterator
@@ -62,19 +63,56 @@ def conversion_view(rec: Recording, root, work, settings, asset: str) -> validat
     return validate.DatasetView(root=root, info=info, source=rec.root, work=work, pending_episodes=pending)
 
 
+VALIDATION_CHECK = "validation"  # the one Dagster check of each asset
+
+
 def _severity(severity: str) -> dg.AssetCheckSeverity:
     return dg.AssetCheckSeverity.ERROR if severity == validate.ERROR else dg.AssetCheckSeverity.WARN
 
 
-def to_check_result(result: validate.CheckResult) -> dg.AssetCheckResult:
-    """Counts as metadata, offending rows as a markdown table (shown in the UI)."""
-    metadata: dict = {**result.counts, "applicable": result.applicable}
-    if result.offending:
-        metadata["offending"] = dg.MetadataValue.md(validate.offending_markdown(result.offending))
+def _outcome(result: validate.CheckResult) -> str:
+    if not result.passed:
+        return "FAILED" if result.is_error else "warning"
+    return "passed" if result.applicable else "not applicable"
+
+
+def to_check_result(asset: str, results: list[validate.CheckResult]) -> dg.AssetCheckResult:
+    """The asset's ``validation`` check: passed when every one of its lib checks passed; failed
+    with error severity (which blocks) when an error-level one failed, else with warning
+    severity. The UI shows a table of every lib check and each failure's offending rows; the
+    ``results`` entry holds the same per lib check for programs (:func:`lib_check_results`)."""
+    failed = sorted((r for r in results if not r.passed), key=lambda r: not r.is_error)  # errors first
+    if failed:
+        description = "; ".join(f"check {r.name} failed: {r.description}" for r in failed)
+    else:
+        skipped = sum(not r.applicable for r in results)
+        description = f"{len(results)} checks passed" + (f" ({skipped} with nothing to check)" if skipped else "")
+    metadata: dict = {
+        "checks": dg.MetadataValue.md(validate.offending_markdown([
+            {"check": r.name, "level": r.severity, "result": _outcome(r), "detail": r.description} for r in results
+        ])),
+        "results": dg.MetadataValue.json({
+            r.name: {"passed": r.passed, "severity": r.severity, "applicable": r.applicable,
+                     "description": r.description, "counts": r.counts}
+            for r in results
+        }),
+        "failed": len(failed),
+    }
+    for r in failed:
+        if r.offending:
+            metadata[f"{r.name} offending"] = dg.MetadataValue.md(validate.offending_markdown(r.offending))
     return dg.AssetCheckResult(
-        asset_key=dg.AssetKey(result.asset), check_name=result.name, passed=result.passed,
-        severity=_severity(result.severity), description=result.description, metadata=metadata,
+        asset_key=dg.AssetKey(asset), check_name=VALIDATION_CHECK, passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR if any(r.is_error for r in failed) else dg.AssetCheckSeverity.WARN,
+        description=description, metadata=metadata,
     )
+
+
+def lib_check_results(evaluation: dg.AssetCheckEvaluation) -> dict[str, dict]:
+    """Each lib check's outcome inside an asset's ``validation`` evaluation, by check name:
+    passed, severity, applicable, description, counts."""
+    entry = evaluation.metadata.get("results")
+    return dict(entry.value) if entry is not None else {}
 
 
 def registered_for(asset: str) -> list[validate.CheckSpec]:
@@ -82,37 +120,48 @@ def registered_for(asset: str) -> list[validate.CheckSpec]:
 
 
 def check_specs(asset: str) -> list[dg.AssetCheckSpec]:
-    """The ``check_specs`` of ``asset``: its registered checks, blocking when error-severity."""
+    """The ``check_specs`` of ``asset``: one Dagster check running all its registered lib checks,
+    blocking when any of them is error-level. One per asset rather than one per lib check:
+    every Dagster check adds a planned event, an output and an evaluation to the run, each
+    stored and fetched back, ~10 ms a check; 31 of them took ~0.3 s of a one-episode conversion."""
+    registered = registered_for(asset)
+    if not registered:
+        return []
+    listing = ", ".join(f"{s.name} ({s.severity})" for s in registered)
     return [
-        dg.AssetCheckSpec(name=s.name, asset=asset, description=s.description,
-                          blocking=s.severity == validate.ERROR)
-        for s in registered_for(asset)
+        dg.AssetCheckSpec(
+            name=VALIDATION_CHECK, asset=asset,
+            blocking=any(s.severity == validate.ERROR for s in registered),
+            description=f"The `dorobot-assets validate` checks of this artifact, run right after it is "
+            f"written: {listing}. A failed error-level check blocks everything downstream, so "
+            f"meta/info.json is not written.",
+        )
     ]
 
 
 def _selected(context: dg.AssetExecutionContext, asset: str) -> list[validate.CheckSpec]:
-    chosen = {k.name for k in context.selected_asset_check_keys}
-    return [s for s in registered_for(asset) if s.name in chosen]
+    if dg.AssetCheckKey(dg.AssetKey(asset), VALIDATION_CHECK) not in context.selected_asset_check_keys:
+        return []
+    return registered_for(asset)
 
 
 def check_results(context: dg.AssetExecutionContext, asset: str, make_view) -> list[dg.AssetCheckResult]:
-    """Run the selected checks of ``asset`` on the view ``make_view()`` returns (one DuckDB
-    session for all of them). An output that cannot be inspected fails every check."""
+    """Run the checks of ``asset`` (when its validation check is selected) on the view
+    ``make_view()`` returns (one DuckDB session for all of them). An output that cannot be
+    inspected fails every check."""
     selected = _selected(context, asset)
     if not selected:
         return []
     try:
         view = make_view()
     except DorobotError as e:  # e.g. a manifest made from another version of the recording
-        return [
-            dg.AssetCheckResult(
-                asset_key=dg.AssetKey(asset), check_name=spec.name, passed=False,
-                severity=_severity(spec.severity), description=f"cannot inspect the output: {e}",
-            )
+        return [to_check_result(asset, [
+            validate.CheckResult(name=spec.name, passed=False, severity=spec.severity, asset=asset,
+                                 description=f"cannot inspect the output: {e}")
             for spec in selected
-        ]
+        ])]
     try:
-        return [to_check_result(validate.run_check(spec, view)) for spec in selected]
+        return [to_check_result(asset, [validate.run_check(spec, view) for spec in selected])]
     finally:
         view.close()
         release_freed_memory()
@@ -122,12 +171,13 @@ def info_check_results(context: dg.AssetExecutionContext, view: validate.Dataset
     """Run the info checks on the pending info; if one fails with error severity, withdraw any
     earlier meta/info.json (it would vouch for files that no longer match it) and raise after
     reporting them, so the info asset writes nothing."""
+    selected = _selected(context, INFO_ASSET)
     try:
-        results = [validate.run_check(spec, view) for spec in _selected(context, INFO_ASSET)]
+        results = [validate.run_check(spec, view) for spec in selected]
     finally:
         view.close()
-    for result in results:
-        yield to_check_result(result)
+    if selected:
+        yield to_check_result(INFO_ASSET, results)
     errors = [r for r in results if r.is_error]
     if errors:
         (view.root / INFO_PATH).unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,9 +53,15 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
             if err.cls_name == "DagsterAssetCheckFailedError":
                 continue  # a blocking check failed: its own description (below) names the fault
             return f"{event.step_key}: {err.message.strip()}"
+    from dorobot_assets.defs.checks import lib_check_results
+    from dorobot_assets.lib.validate import ERROR
+
     evaluations = result.get_asset_check_evaluations()
     # Errors (which block) before warnings.
     for ev in sorted(evaluations, key=lambda ev: ev.severity != dg.AssetCheckSeverity.ERROR):
+        failed = [(name, r) for name, r in lib_check_results(ev).items() if not r["passed"]]
+        for name, r in sorted(failed, key=lambda item: item[1]["severity"] != ERROR):
+            return f"check {name} on {ev.asset_key.to_user_string()} failed: {r['description']}".strip()
         if not ev.passed:
             return f"check {ev.check_name} on {ev.asset_key.to_user_string()} failed: {ev.description or ''}".strip()
     return "the run failed"
@@ -79,10 +87,18 @@ def convert_recording(
     if dataset in source.parents:
         raise ConfigError(f"{dataset}: the output must not contain the source recording {source}")
     key = sanitize_key(source.name)
-    with tempfile.TemporaryDirectory(prefix="dorobot-run-") as scratch:
-        # Dagster's local artifact storage; removed here, not left to interpreter exit (cli.entry).
-        instance = instance or dg.DagsterInstance.ephemeral(tempdir=scratch)
+    if instance is not None:
         return _run(instance, key, source, dataset, settings, work, resources, log_level)
+    with scratch_instance() as instance:
+        return _run(instance, key, source, dataset, settings, work, resources, log_level)
+
+
+@contextlib.contextmanager
+def scratch_instance() -> Iterator[dg.DagsterInstance]:
+    """An in-memory Dagster instance for one conversion. Its local artifact storage is a
+    temporary folder removed on exit, not left to interpreter exit (cli.entry ends at once)."""
+    with tempfile.TemporaryDirectory(prefix="dorobot-run-") as scratch:
+        yield dg.DagsterInstance.ephemeral(tempdir=scratch)
 
 
 def _run(
