@@ -18,7 +18,7 @@ import dagster as dg
 import pyarrow as pa
 
 from dorobot_assets.lib import info as info_lib
-from dorobot_assets.lib.arrow import int64_array, release_freed_memory
+from dorobot_assets.lib.arrow import int64_array
 from dorobot_assets.lib import validate
 from dorobot_assets.lib.errors import DorobotError
 from dorobot_assets.lib.manifest import has_manifest, read_manifest
@@ -164,7 +164,6 @@ def check_results(context: dg.AssetExecutionContext, asset: str, make_view) -> l
         return [to_check_result(asset, [validate.run_check(spec, view) for spec in selected])]
     finally:
         view.close()
-        release_freed_memory()
 
 
 def info_check_results(context: dg.AssetExecutionContext, view: validate.DatasetView) -> Iterator[dg.AssetCheckResult]:
