@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import av
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -493,3 +494,37 @@ def test_validate_command_json_and_deep(dataset, capsys):
 def test_validate_command_refuses_a_folder_without_info_json(tmp_path, capsys):
     assert cli.main(["validate", str(tmp_path)]) == 1
     assert "meta/info.json: missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["same types", "action min in float32 in one file"])
+def test_stats_checks_read_meta_episodes_split_over_files_alike(dataset, split):
+    """The stats checks read meta/episodes' stats columns with Arrow (files in order) when every
+    file has them in one type, else through DuckDB's view: both give the same values, and a
+    broken episode in the second file is found either way."""
+    table = pq.read_table(dataset / EPISODES)
+    (dataset / EPISODES).unlink()
+    second = table.slice(2)
+    if split != "same types":
+        i = second.column_names.index("stats/action/min")
+        second = second.set_column(i, pa.field("stats/action/min", pa.list_(pa.float32())),
+                                   second.column(i).cast(pa.list_(pa.float32())))
+    pq.write_table(table.slice(0, 2), dataset / EPISODES)
+    pq.write_table(second, dataset / "meta/episodes/chunk-000/file-001.parquet")
+
+    view = DatasetView.open(dataset)
+    names = [n for n in table.column_names if n.startswith("stats/")]
+    arrow_path = validate._episodes_columns_reader(view, names) is not None
+    assert arrow_path == (split == "same types")
+    indices, lengths, stats = validate._read_episode_stats(view)
+    assert (indices, lengths) == ([0, 1, 2, 3], [24, 20, 22, 18])
+    np.testing.assert_allclose(stats["action"]["min"], np.array(table.column("stats/action/min").to_pylist()), rtol=1e-6)
+    for name in ("stats_order", "stats_counts", "stats_extremes", "stats_mean"):
+        assert run_check(name, view).passed, name
+
+    def raise_min(t):
+        rows = t.column("stats/action/min").to_pylist()
+        rows[1] = [v + 100.0 for v in rows[1]]  # episode 3
+        return replace_column(t, "stats/action/min", rows)
+
+    rewrite(dataset / "meta/episodes/chunk-000/file-001.parquet", raise_min)
+    assert_fails(check("stats_order", dataset), "stats_order", "episode 3 action: min <= q01 fails at element [0]")

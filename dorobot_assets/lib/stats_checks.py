@@ -271,7 +271,7 @@ def _dataset_episode_stats(view: DatasetView) -> tuple[dict[int, int], dict[str,
         columns = {c: fs for c, fs in episode_stats_columns(view, con).items() if fs[1] in wanted}
         index = column_numpy(con.sql("SELECT episode_index FROM episodes ORDER BY ep_row").to_arrow_table().column(0))
         episodes = len(index)
-        for part, table in stats_column_blocks(con, list(columns), episodes):
+        for part, table in stats_column_blocks(view, con, list(columns), episodes):
             for name, column in zip(part, table.columns):
                 feature, stat = columns[name]
                 values = nested_list_numpy(column)  # None: nulls, ragged or not numbers
