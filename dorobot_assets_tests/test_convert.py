@@ -227,3 +227,15 @@ def test_console_convert_freezes_its_startup_objects_and_an_embedded_call_does_n
         assert gc.isenabled() and gc.get_freeze_count() >= before + len(made)
     finally:
         gc.unfreeze()
+
+
+def test_copied_stats_are_not_compared_with_the_source_they_were_copied_from(make_sample, tmp_path):
+    from dorobot_assets.defs.checks import lib_check_results
+
+    run = convert_recording(make_sample("copied", lengths=[6, 7]), tmp_path / "out", COPY)
+    assert run.success, run.error
+    (evaluation,) = [ev for ev in run.result.get_asset_check_evaluations() if ev.asset_key == dg.AssetKey("episodes")]
+    outcome = lib_check_results(evaluation)["stats_match_source"]
+    assert outcome["passed"] and not outcome["applicable"]
+    assert outcome["description"] == (
+        "the stats were copied from the source (stats mode copy): nothing recomputed to compare")

@@ -60,14 +60,11 @@ def conversion_view(rec: Recording, root, work, settings, asset: str) -> validat
         rec, root, settings, **info_arguments(_manifest_extra(work, "videos"), _manifest_extra(work, "audio"))
     )
     pending = _pending_episodes(rec, work, asset) if asset in PLACEMENT_ASSETS else None
-    return validate.DatasetView(root=root, info=info, source=rec.root, work=work, pending_episodes=pending)
+    return validate.DatasetView(root=root, info=info, source=rec.root, work=work, pending_episodes=pending,
+                                stats_mode=settings.stats)
 
 
 VALIDATION_CHECK = "validation"  # the one Dagster check of each asset
-
-
-def _severity(severity: str) -> dg.AssetCheckSeverity:
-    return dg.AssetCheckSeverity.ERROR if severity == validate.ERROR else dg.AssetCheckSeverity.WARN
 
 
 def _outcome(result: validate.CheckResult) -> str:

@@ -132,6 +132,8 @@ class DatasetView:
 
     ``pending_episodes`` replaces meta/episodes while a conversion has not written it yet: the
     placements the videos/audio assets just produced, joined with the episode lengths.
+    ``stats_mode`` is the conversion's statistics setting (``copy`` or ``recompute``), unknown
+    (None) for a dataset validated on its own.
     """
 
     root: Path
@@ -139,6 +141,7 @@ class DatasetView:
     source: Path | None = None
     work: Path | None = None
     pending_episodes: pa.Table | None = None
+    stats_mode: str | None = None
     # The shared DuckDB database, the relations already built in it, and values several checks
     # derive from the same input (see memo).
     _db: duckdb.DuckDBPyConnection | None = field(default=None, init=False, repr=False, compare=False)
