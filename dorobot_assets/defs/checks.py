@@ -67,10 +67,8 @@ def conversion_view(rec: Recording, root, work, settings, asset: str) -> validat
 VALIDATION_CHECK = "validation"  # the one Dagster check of each asset
 
 
-def _outcome(result: validate.CheckResult) -> str:
-    if not result.passed:
-        return "FAILED" if result.is_error else "warning"
-    return "passed" if result.applicable else "not applicable"
+# validate's status of a check (the CLI's table), in words for the UI's table
+_OUTCOME = {"ok": "passed", "FAIL": "FAILED", "warn": "warning", "skip": "not applicable"}
 
 
 def to_check_result(asset: str, results: list[validate.CheckResult]) -> dg.AssetCheckResult:
@@ -86,7 +84,7 @@ def to_check_result(asset: str, results: list[validate.CheckResult]) -> dg.Asset
         description = f"{len(results)} checks passed" + (f" ({skipped} with nothing to check)" if skipped else "")
     metadata: dict = {
         "checks": dg.MetadataValue.md(validate.offending_markdown([
-            {"check": r.name, "level": r.severity, "result": _outcome(r), "detail": r.description} for r in results
+            {"check": r.name, "level": r.severity, "result": _OUTCOME[validate.status_word(r)], "detail": r.description} for r in results
         ])),
         "results": dg.MetadataValue.json({
             r.name: {"passed": r.passed, "severity": r.severity, "applicable": r.applicable,
